@@ -1,0 +1,82 @@
+"""The one error tree.  Each class carries the exit status of SPEC §6.
+
+Errors are raised close to the code that knows why; ``cli.py`` turns them
+into an exit status and a message in one place.  A message says what
+happened first, on one line, and what to do next after it.
+"""
+
+from __future__ import annotations
+
+
+class SopError(Exception):
+    """Root of every error sop raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.message if not self.detail else f"{self.message}\n{self.detail}"
+
+
+class Refused(SopError):
+    """A gate refused: gatekeeper, validation or unsafe input.  Nothing changed."""
+
+    exit_code = 1
+
+
+class UsageError(SopError):
+    """Bad usage, or no workspace found."""
+
+    exit_code = 2
+
+
+class NoWorkspace(UsageError):
+    """No ``.sop/`` above the working directory and no ``--root``."""
+
+
+class ConfigError(UsageError):
+    """``.sop/config.toml`` is not valid."""
+
+
+class SheetLocked(SopError):
+    """The Master Sheet stayed locked (open in Excel); the run was rolled back or deferred."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, locked_by: str | None = None, detail: str | None = None) -> None:
+        super().__init__(message, detail=detail)
+        self.locked_by = locked_by
+
+
+class NoSuchTransaction(SopError):
+    """No such transaction, or not in a state that allows this."""
+
+    exit_code = 4
+
+
+class WrongState(NoSuchTransaction):
+    """The transaction exists but its state does not allow the call."""
+
+
+class Damaged(SopError):
+    """The journal or the sheet cannot be trusted; see ``sop-fsck``."""
+
+    exit_code = 5
+
+
+class JournalDamaged(Damaged):
+    """A record before the tail fails verification."""
+
+
+class SheetDamaged(Damaged):
+    """The workbook cannot be read or written safely."""
+
+
+class Busy(SopError):
+    """The workspace lock was not acquired in time."""
+
+    exit_code = 6

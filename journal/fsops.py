@@ -1,0 +1,213 @@
+"""Every filesystem mutation sop makes goes through this module.
+
+One small facade, so that a crash test can stop the process at the k-th
+mutation and an I/O error can be injected at any one of them (STYLE §6,
+after ZODB's ``_finish_finish`` and Mercurial's ``KILL_9_POST_FINALIZE``).
+
+Fault injection is driven by the environment, read once per process:
+
+``SOP_CRASH_AT=K``
+    ``os._exit(137)`` just before mutation number K (1-based) begins.
+``SOP_FAIL_AT=K:ERRNO[:persist]``
+    raise ``OSError(ERRNO)`` at mutation K (``ENOSPC``, ``EIO``, ``EACCES``
+    …); with ``persist`` every mutation from K on fails.
+``SOP_TRACE_MUTATIONS=PATH``
+    append one line per mutation (``N kind path``) to PATH, so a test can
+    count the crash points of a command.
+
+Temporary files are named ``.<name>.sop-tmp-<pid>-<hex>`` beside their
+target, so that recovery can recognise and remove those of interrupted
+writes (:func:`is_temp_name`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+_counter = 0
+_crash_at: int | None = None
+_fail_at: int | None = None
+_fail_errno = 0
+_fail_persist = False
+_trace: str | None = None
+_loaded = False
+
+TEMP_RE = re.compile(r"^\..+\.sop-tmp-\d+-[0-9a-f]+$")
+
+
+def _load() -> None:
+    global _loaded, _crash_at, _fail_at, _fail_errno, _fail_persist, _trace
+    _loaded = True
+    crash = os.environ.get("SOP_CRASH_AT")
+    _crash_at = int(crash) if crash else None
+    fail = os.environ.get("SOP_FAIL_AT")
+    if fail:
+        parts = fail.split(":")
+        _fail_at = int(parts[0])
+        _fail_errno = getattr(errno, parts[1]) if len(parts) > 1 else errno.EIO
+        _fail_persist = len(parts) > 2 and parts[2] == "persist"
+    _trace = os.environ.get("SOP_TRACE_MUTATIONS") or None
+
+
+def reset() -> None:
+    """Forget the counter and re-read the environment (for in-process tests)."""
+    global _counter
+    _counter = 0
+    _load()
+
+
+def point(kind: str, path: str | os.PathLike[str]) -> None:
+    """Mark one mutation about to start: crash or fail here if asked to."""
+    global _counter
+    if not _loaded:
+        _load()
+    _counter += 1
+    if _trace:
+        with open(_trace, "a", encoding="utf-8") as f:
+            f.write(f"{_counter} {os.getpid()} {kind} {os.fspath(path)}\n")
+    if _crash_at is not None and _counter == _crash_at:
+        os._exit(137)
+    if _fail_at is not None and (_counter == _fail_at or (_fail_persist and _counter > _fail_at)):
+        raise OSError(_fail_errno, f"{os.strerror(_fail_errno)} (injected)", os.fspath(path))
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a directory entry change durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_name(target: Path) -> Path:
+    return target.with_name(f".{target.name}.sop-tmp-{os.getpid()}-{os.urandom(4).hex()}")
+
+
+def is_temp_name(name: str) -> bool:
+    return bool(TEMP_RE.match(name))
+
+
+def atomic_write(target: str | os.PathLike[str], content: bytes | Callable[[BinaryIO], None]) -> None:
+    """Replace ``target`` atomically and durably: temp, fsync, replace, fsync dir.
+
+    ``content`` is the bytes, or a function that writes them to a file object
+    (for streaming writers).  After a crash ``target`` is the old file or the
+    new one, never a torn one; a leftover temp file is removed by recovery.
+    """
+    target = Path(target)
+    tmp = temp_name(target)
+    point("write", tmp)
+    try:
+        with open(tmp, "xb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        point("replace", target)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    point("fsync_dir", target.parent)
+    fsync_dir(target.parent)
+
+
+def append_durable(path: str | os.PathLike[str], data: bytes) -> None:
+    """Append ``data`` to ``path`` (created if missing) and fsync it."""
+    path = Path(path)
+    point("append", path)
+    existed = path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if not existed:
+        fsync_dir(path.parent)
+
+
+def truncate_durable(path: str | os.PathLike[str], length: int) -> None:
+    """Cut ``path`` to ``length`` bytes and fsync it."""
+    point("truncate", path)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, length)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def mkdir(path: str | os.PathLike[str], *, exist_ok: bool = False, parents: bool = False) -> None:
+    path = Path(path)
+    point("mkdir", path)
+    path.mkdir(parents=parents, exist_ok=exist_ok)
+    fsync_dir(path.parent)
+
+
+def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Rename without replacing: refuses when ``dst`` exists."""
+    src, dst = Path(src), Path(dst)
+    point("rename", src)
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, "destination exists", os.fspath(dst))
+    os.rename(src, dst)
+    fsync_dir(dst.parent)
+    if src.parent != dst.parent:
+        fsync_dir(src.parent)
+
+
+def unlink(path: str | os.PathLike[str]) -> None:
+    path = Path(path)
+    point("unlink", path)
+    os.unlink(path)
+    fsync_dir(path.parent)
+
+
+def rmtree(path: str | os.PathLike[str]) -> None:
+    """Delete a folder tree without following links.
+
+    A symlink given as ``path`` is refused: sop never deletes through a link.
+    """
+    path = Path(path)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.ENOTDIR, "refusing to delete: not a real folder", os.fspath(path))
+    point("rmtree", path)
+    shutil.rmtree(path)
+    fsync_dir(path.parent)
+
+
+def file_list(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
+    """Names (relative, ``/``-separated) and sizes of the files under a folder; links not followed."""
+    root = Path(path)
+    out: list[tuple[str, int]] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            full = os.path.join(dirpath, name)
+            try:
+                size = os.lstat(full).st_size
+            except OSError:
+                size = -1
+            out.append((os.path.relpath(full, root).replace(os.sep, "/"), size))
+    out.sort()
+    return out
