@@ -1,0 +1,158 @@
+"""Task module: ``sop-recover`` — finish or roll back what crashed half-way.
+
+Recovery looks before it acts, so running it twice, or after a crash inside
+it, is safe:
+
+* a torn journal tail is cut off (kept in ``.sop/lost+found/``);
+* temporary files of interrupted writes are removed (under the lock that
+  their writer would hold, so no live write loses its file);
+* a transaction whose rollback decision is on record (``aborting``) has its
+  rollback finished, whoever owns it;
+* a transaction whose commit decision is on record (``committing``,
+  ``deferred``) is rolled forward when the sheet is free: its row is
+  appended unless a row with its run id is already there;
+* a sweep whose plan is on record has its remaining steps finished;
+* every other *abandoned* transaction is rolled back (quarantined); a live
+  one is listed and left alone unless ``force``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from . import fsops, locks, wal
+from .errors import SopError
+from .porcelain import (
+    PathArg,
+    TxInfo,
+    _finish_rollback,
+    _info,
+    _locked,
+    _now,
+    flush,
+    parse_duration,
+)
+from .workspace import Workspace, open_workspace
+
+
+@dataclass
+class Action:
+    action: str
+    txid: str = ""
+    strategy: str = ""
+    run_id: str = ""
+    done: bool = False
+    detail: str = ""
+
+
+@dataclass
+class RecoverResult:
+    dry_run: bool
+    actions: list[Action] = field(default_factory=list)
+    live: list[TxInfo] = field(default_factory=list)
+    waiting_for_sheet: str | None = None
+
+
+def _temp_files(folder: Path) -> list[Path]:
+    try:
+        return [folder / n for n in os.listdir(folder) if fsops.is_temp_name(n)]
+    except OSError:
+        return []
+
+
+def _remove_temps(folder: Path, dry_run: bool, out: RecoverResult, rel: Callable[[Path], str]) -> None:
+    for p in _temp_files(folder):
+        if not dry_run:
+            fsops.unlink(p)
+        out.actions.append(Action("remove temporary file", done=not dry_run, detail=rel(p)))
+
+
+def plan(ws: Workspace, j: wal.Loaded, *, now: datetime, older_than: timedelta,
+         force: bool) -> tuple[list[Action], list[TxInfo]]:
+    """What recovery would do, transaction by transaction (nothing changed)."""
+    actions: list[Action] = []
+    live: list[TxInfo] = []
+    for tx in j.open_transactions():
+        info = _info(tx, now, older_than)
+        if tx.state == "aborting":
+            actions.append(Action("finish rollback", tx.txid, tx.strategy, tx.run_id))
+        elif tx.state in wal.DECIDED_STATES:
+            actions.append(Action("roll forward", tx.txid, tx.strategy, tx.run_id,
+                                  detail="append the row unless a row with its run id is there"))
+        elif tx.state == "planned":
+            actions.append(Action("finish sweep", tx.txid, detail=f"{len(tx.plan)} planned step(s)"))
+        elif info.abandoned or force:
+            why = info.liveness if info.abandoned else f"forced; {info.liveness}"
+            actions.append(Action("roll back", tx.txid, tx.strategy, tx.run_id, detail=why))
+        else:
+            live.append(info)
+    return actions, live
+
+
+def recover(*, root: PathArg = None, dry_run: bool = False, older_than: str | timedelta = "24h",
+            force: bool = False, now: datetime | None = None, env: dict[str, str] | None = None,
+            sleep: Callable[[float], None] = time.sleep) -> RecoverResult:
+    """Finish or roll back abandoned transactions (SPEC §5 sop-recover)."""
+    now = _now(now)
+    ot = parse_duration(older_than) if isinstance(older_than, str) else older_than
+    ws = open_workspace(root, env)
+    out = RecoverResult(dry_run)
+    rel = ws.rel
+    with _locked(ws) as w:
+        if w.j.torn is not None:
+            t = w.j.torn
+            out.actions.append(Action("cut torn journal tail", done=not dry_run,
+                                      detail=f"{t.segment.name} at byte {t.offset} ({t.why}), "
+                                             f"{len(t.data)} byte(s) kept in .sop/lost+found/"))
+            if not dry_run:
+                w.cut_torn(now=now)
+        _remove_temps(ws.sop_dir, dry_run, out, rel)
+        _remove_temps(ws.lost_found, dry_run, out, rel)
+        actions, out.live = plan(ws, w.j, now=now, older_than=ot, force=force)
+        if dry_run:
+            out.actions.extend(actions)
+            _remove_temps(ws.sheet.parent, True, out, rel)
+            return out
+        for a in actions:
+            if a.action in ("finish rollback", "roll back"):
+                tx = w.states[a.txid]
+                if tx.state != "aborting":
+                    w.append(a.txid, "rollback", {"reason": f"recovered: {a.detail}", "delete": False}, now=now)
+                    tx = w.states[a.txid]
+                res = _finish_rollback(ws, w, tx, now)
+                a.done = True
+                moved = ", ".join(f"{k} -> {v}" for k, v in res.moved.items())
+                a.detail = (a.detail + "; " if a.detail else "") + (f"quarantined {moved}" if moved else
+                                                                     "nothing left to move")
+        sweeps = [a for a in actions if a.action == "finish sweep"]
+    for a in sweeps:
+        from .sweep import finish_plan
+        finish_plan(ws, a.txid, now=now)
+        a.done = True
+    with locks.hold(ws.sheet_lock_path, ws.config.lock_timeout, "Master Sheet writer"):
+        _remove_temps(ws.sheet.parent, False, out, rel)
+    forward = [a for a in actions if a.action == "roll forward"]
+    if forward:
+        fr = flush(ws, now=now, sleep=sleep)
+        for a in forward:
+            st = fr.states.get(a.txid)
+            a.done = st is not None and st.state == "committed"
+            if not a.done and fr.locked_by:
+                a.detail = f"waiting: the Master Sheet is locked by {fr.locked_by}"
+        out.waiting_for_sheet = fr.locked_by
+    out.actions.extend(actions)
+    return out
+
+
+def as_json(r: RecoverResult) -> dict[str, Any]:
+    from dataclasses import asdict
+    return asdict(r)
+
+
+__all__ = ["recover", "plan", "RecoverResult", "Action", "SopError"]

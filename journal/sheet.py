@@ -1,0 +1,153 @@
+"""Plumbing: the Master Sheet as sop sees it — strategies, run ids, and their rows.
+
+This layer knows the SPEC's rules (which columns are required, how names
+compare, how values are typed) and leaves the bytes of the workbook to
+:mod:`journal.xlsx`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import names, xlsx
+from .errors import Refused, SheetDamaged
+from .workspace import Workspace
+
+STRATEGY = "strategy"
+RUNID = "runid"
+TXID = "txid"
+COMMITTED_AT = "committedat"
+DEFAULT_HEADERS = ["Strategy", "RunID", "TxID", "CommittedAt"]
+
+
+@dataclass(frozen=True)
+class SheetRow:
+    number: int
+    strategy: str
+    run_id: str
+    values: dict[int, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SheetView:
+    """The master worksheet's index: who is on which row."""
+
+    path: Path
+    worksheet: str
+    header_row: int
+    headers: dict[int, str]
+    columns: dict[str, int]
+    rows: list[SheetRow]
+    by_strategy: dict[str, list[SheetRow]] = field(default_factory=dict)
+    by_run: dict[str, list[SheetRow]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for r in self.rows:
+            if r.strategy:
+                self.by_strategy.setdefault(names.key(r.strategy), []).append(r)
+            if r.run_id:
+                self.by_run.setdefault(names.key(r.run_id), []).append(r)
+
+    def strategy_rows(self, strategy: str) -> list[SheetRow]:
+        return self.by_strategy.get(names.key(strategy), [])
+
+    def run_rows(self, run_id: str) -> list[SheetRow]:
+        return self.by_run.get(names.key(run_id), [])
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise SheetDamaged(f"Master Sheet not found: {path}",
+                           detail="Action: run 'sop init' to create it, or set [sheet] path in .sop/config.toml.")
+    if path.is_dir():
+        raise SheetDamaged(f"Master Sheet is a folder, not a workbook: {path}")
+
+
+def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None) -> SheetView:
+    """Read the Master Sheet's index; refuse (exit 5) one without Strategy and RunID columns."""
+    path = path or ws.sheet
+    _check_readable(path)
+    try:
+        table = xlsx.read_table(path, ws.config.worksheet or None, None if all_columns else [STRATEGY, RUNID])
+    except PermissionError as e:
+        raise SheetDamaged(f"cannot read the Master Sheet {path}: {e.strerror}") from None
+    except (OSError, zipfile.BadZipFile) as e:
+        raise SheetDamaged(f"cannot read the Master Sheet {path}: {e}") from None
+    missing = [h for h, k in (("Strategy", STRATEGY), ("RunID", RUNID)) if k not in table.columns]
+    if missing:
+        raise SheetDamaged(
+            f"the Master Sheet {path.name} (worksheet '{table.worksheet}') has no "
+            f"{' or '.join(missing)} column in its first 10 rows",
+            detail="Action: add the header cells 'Strategy' and 'RunID' (any case; spaces, '_' and '-' are ignored).")
+    sc, rc = table.columns[STRATEGY], table.columns[RUNID]
+    rows = [SheetRow(r.number, names.cell_text(r.values.get(sc)), names.cell_text(r.values.get(rc)),
+                     dict(r.values) if all_columns else {})
+            for r in table.rows]
+    return SheetView(path, table.worksheet, table.header_row, dict(table.headers), dict(table.columns), rows)
+
+
+def cell_value(v: Any) -> xlsx.Value | None:
+    """The typed cell for a value: numbers, booleans, or text (SPEC §2)."""
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int):
+        return v if len(str(abs(v))) <= 15 else str(v)
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def build_row(view: SheetView, values: dict[str, Any]) -> dict[int, xlsx.Value]:
+    """Cells by column index for a row given by header name; unknown headers are skipped."""
+    out: dict[int, xlsx.Value] = {}
+    for name, v in values.items():
+        col = view.columns.get(xlsx.normalize_header(name))
+        cv = cell_value(v)
+        if col is not None and cv is not None and col not in out:
+            out[col] = cv
+    return out
+
+
+def row_from_metadata(meta: dict[str, Any], strategy: str, run_id: str, txid: str,
+                      committed_at: str) -> dict[str, Any]:
+    """Columns from the metadata's top-level scalars and its ``metrics`` (top level wins)."""
+    row: dict[str, Any] = {}
+    metrics = meta.get("metrics")
+    for source in (metrics if isinstance(metrics, dict) else {}, meta):
+        for k, v in source.items():
+            if v is None or isinstance(v, (list, dict)):
+                continue
+            row[xlsx.normalize_header(k)] = v
+    for k in (STRATEGY, RUNID, TXID, COMMITTED_AT):
+        row.pop(k, None)
+    row[STRATEGY] = strategy
+    row[RUNID] = run_id
+    row[TXID] = txid
+    row[COMMITTED_AT] = committed_at
+    return row
+
+
+def append(ws: Workspace, rows: list[dict[str, Any]]) -> list[int]:
+    """Append rows given by header name; returns their Excel row numbers.
+
+    A PermissionError (the file is open elsewhere on Windows) propagates.
+    """
+    view = read(ws)
+    cells = [build_row(view, r) for r in rows]
+    for c in cells:
+        for v in c.values():
+            if isinstance(v, str) and len(v) > 32767:
+                raise Refused("a value is longer than 32,767 characters, the most an Excel cell holds")
+    return xlsx.append_rows(ws.sheet, ws.config.worksheet or None, cells)
+
+
+def create(path: Path) -> None:
+    os.makedirs(path.parent, exist_ok=True)
+    xlsx.create_workbook(path, DEFAULT_HEADERS)

@@ -1,0 +1,514 @@
+r"""Plumbing: the write-ahead journal — its records, bytes on disk, and replay.
+
+Layout
+======
+``.sop/journal/`` holds segment files and nothing else.  A segment is named
+by the sequence number of its first record, zero-padded to 16 digits, with
+the suffix ``.jsonl`` (``0000000000000001.jsonl``), so names sort in order.
+Segments are append-only; a new one is started when the active one passes
+``SEGMENT_BYTES`` (8 MiB; ``$SOP_SEGMENT_BYTES`` overrides it for tests).
+
+The line
+========
+One record per line, UTF-8 JSON, ``\n``-terminated, keys in this order::
+
+    {"seq":1,"txid":"tx-20261125T130000Z-1a2b3c","type":"begin",
+     "time":"2026-11-25T13:00:00.000000Z","user":"ana","host":"ws1","pid":4242,
+     "prev":"000…000","data":{…},"sum":"<64 hex>"}
+
+``seq``
+    from 1, contiguous across segments.
+``txid`` / ``type``
+    the transaction, and what the record says (see *Record types*).
+``time``
+    UTC, ISO 8601 with microseconds and ``Z``.
+``user`` / ``host`` / ``pid``
+    who wrote the record.
+``prev``
+    SHA-256 (hex) of the previous record's line, without its ``\n``;
+    64 zeros for record 1.  This chains the history: a record edited,
+    removed or reordered breaks the chain after it.
+``data``
+    the record's payload, an object.
+``sum``
+    SHA-256 (hex) of the line's bytes *without* the ``sum`` member: the
+    line minus its last 74 bytes (``,"sum":"`` + 64 hex + ``"}``) plus a
+    closing ``}``.  With jq and sha256sum::
+
+        head -c -75 LINE | { cat; printf '}'; } | sha256sum
+
+Torn and damaged
+================
+*Torn*: the last line of the newest segment lacks its ``\n``, does not
+parse, or fails its sum.  It is cut off by the next writer (the bytes kept
+in ``.sop/lost+found/``, and a ``tail_cut`` record written).  Anything else
+that fails — a bad sum before the end, a wrong ``seq`` or ``prev``, a
+missing segment — is *damage*: writers refuse with exit 5.
+
+Checkpoint
+==========
+``.sop/checkpoint.json`` (replaced atomically when a segment is sealed)::
+
+    {"version":1,"seq":N,"hash":"<hash of record N's line>",
+     "segments":[{"name":…,"first":…,"last":…,"bytes":…,"sha256":…}],
+     "open":{"<txid>":{…transaction state…}}}
+
+It covers every sealed segment, records a digest of each, and the state of
+each transaction still open at its end, so a writer reads the checkpoint and
+the segments after it, never the whole history.  A missing or unusable
+checkpoint only costs time: the journal is replayed from the start.
+
+Record types
+============
+A transaction's state is a pure function of its records (STYLE §5):
+
+============  ==========================  =====================================
+type          state after                 data
+============  ==========================  =====================================
+begin         begun                       strategy, run_id, owner, kind, paths
+mkdir         (unchanged)                 path — before the folder is created
+decide        committing                  row — the commit decision and its row
+defer         deferred                    locked_by, reason
+append        (unchanged)                 row, sheet — before the row is written
+committed     committed                   row_number
+rollback      aborting                    reason, delete — the rollback decision
+rename        (unchanged)                 src, dst — before the rename
+delete        (unchanged)                 path, files [[name, size], …] — before
+remove_row    (unchanged)                 row_number, values — before removal
+aborted       aborted                     —
+plan          planned (sweeps)            steps — a sweep's whole plan
+done          committed                   — a sweep finished
+tail_cut      —                           segment, offset, bytes, kept
+============  ==========================  =====================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from . import fsops
+from .errors import JournalDamaged, WrongState
+from .owner import Owner, username
+from .workspace import Workspace
+
+GENESIS = "0" * 64
+SUM_SUFFIX = 74          # len(',"sum":"') + 64 + len('"}')
+SEGMENT_BYTES = int(os.environ.get("SOP_SEGMENT_BYTES", str(8 << 20)))
+SEGMENT_SUFFIX = ".jsonl"
+
+OPEN_STATES = ("begun", "committing", "deferred", "aborting", "planned")
+DECIDED_STATES = ("committing", "deferred")
+
+# type -> (states it may follow, state it leads to or None to keep)
+TRANSITIONS: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "begin": (("",), "begun"),
+    "mkdir": (("begun",), None),
+    "decide": (("begun",), "committing"),
+    "defer": (("committing",), "deferred"),
+    "append": (("committing", "deferred"), None),
+    "committed": (("committing", "deferred", "committed"), "committed"),
+    "rollback": (("begun", "committing", "deferred", "aborting"), "aborting"),
+    "rename": (("aborting", "planned"), None),
+    "delete": (("aborting", "planned"), None),
+    "remove_row": (("planned",), None),
+    "aborted": (("aborting", "aborted"), "aborted"),
+    "plan": (("",), "planned"),
+    "done": (("planned",), "committed"),
+}
+
+
+class Record(msgspec.Struct, frozen=True, kw_only=True):
+    """One journal line.  Fields only grow, new ones last with defaults."""
+
+    seq: int
+    txid: str
+    type: str
+    time: str
+    user: str
+    host: str
+    pid: int
+    prev: str
+    data: dict[str, Any] = {}
+    sum: str = ""
+
+
+class _Body(msgspec.Struct, frozen=True, kw_only=True):
+    seq: int
+    txid: str
+    type: str
+    time: str
+    user: str
+    host: str
+    pid: int
+    prev: str
+    data: dict[str, Any] = {}
+
+
+class TxState(msgspec.Struct, kw_only=True):
+    """What replay knows of one transaction."""
+
+    txid: str
+    kind: str = "run"                       # "run" or "sweep"
+    state: str = ""
+    strategy: str = ""
+    run_id: str = ""
+    owner: Owner | None = None
+    begun_at: str = ""
+    updated_at: str = ""
+    row: dict[str, Any] | None = None       # the decided row: header name -> value
+    renames: dict[str, str] = {}            # src -> dst, as announced
+    deleted: list[str] = []
+    reason: str = ""
+    plan: list[dict[str, Any]] = []
+    removed_rows: list[dict[str, Any]] = []
+    delete: bool = False                    # the rollback deletes instead of quarantining
+    records: int = 0
+
+
+class Segment(msgspec.Struct, kw_only=True):
+    name: str
+    first: int
+    last: int
+    bytes: int
+    sha256: str
+
+
+class Checkpoint(msgspec.Struct, kw_only=True):
+    version: int = 1
+    seq: int = 0
+    hash: str = GENESIS
+    segments: list[Segment] = []
+    open: dict[str, TxState] = {}
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_record = msgspec.json.Decoder(Record).decode
+_decode_checkpoint = msgspec.json.Decoder(Checkpoint).decode
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def fmt_time(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(s: str) -> datetime:
+    return datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def encode_line(body: _Body) -> bytes:
+    """The bytes of one record's line, ``\\n`` included."""
+    raw = _encode(body)
+    digest = hashlib.sha256(raw).hexdigest()
+    return raw[:-1] + b',"sum":"' + digest.encode() + b'"}\n'
+
+
+def line_hash(line: bytes) -> str:
+    """The hash that the next record's ``prev`` holds (line without ``\\n``)."""
+    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+
+
+def verify_line(line: bytes) -> Record | None:
+    """The record of a complete line (without ``\\n``), or None when it fails its sum or does not parse."""
+    if len(line) <= SUM_SUFFIX or not line.endswith(b'"}') or line[-SUM_SUFFIX:-66] != b',"sum":"':
+        return None
+    body = line[:-SUM_SUFFIX] + b"}"
+    if hashlib.sha256(body).hexdigest().encode() != line[-66:-2]:
+        return None
+    try:
+        return _decode_record(line)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def apply(states: dict[str, TxState], rec: Record, *, strict: bool = True) -> None:
+    """Advance the state of ``rec.txid`` by one record (replay).
+
+    With ``strict`` a record that the state machine does not allow is damage.
+    """
+    if rec.type == "tail_cut":
+        return
+    tx = states.get(rec.txid)
+    cur = tx.state if tx else ""
+    rule = TRANSITIONS.get(rec.type)
+    if rule is None:
+        if strict:
+            raise JournalDamaged(f"record {rec.seq}: unknown record type {rec.type!r}")
+        return
+    allowed, nxt = rule
+    if cur not in allowed:
+        if strict:
+            raise JournalDamaged(f"record {rec.seq}: {rec.type!r} is not allowed in state {cur or 'none'!r} "
+                                 f"of transaction {rec.txid}")
+        return
+    d = rec.data
+    if tx is None:
+        tx = TxState(txid=rec.txid, begun_at=rec.time)
+        states[rec.txid] = tx
+        if rec.type == "begin":
+            tx.kind = "run"
+            tx.strategy = d.get("strategy", "")
+            tx.run_id = d.get("run_id", "")
+            if d.get("owner"):
+                tx.owner = msgspec.convert(d["owner"], Owner)
+        else:
+            tx.kind = "sweep"
+            tx.plan = list(d.get("steps", []))
+            if d.get("owner"):
+                tx.owner = msgspec.convert(d["owner"], Owner)
+    tx.records += 1
+    tx.updated_at = rec.time
+    if rec.type == "decide":
+        tx.row = d.get("row")
+    elif rec.type == "defer":
+        tx.reason = d.get("reason", "")
+    elif rec.type == "rollback":
+        tx.reason = d.get("reason", "")
+        tx.delete = bool(d.get("delete", False))
+    elif rec.type == "rename":
+        tx.renames = {**tx.renames, d["src"]: d["dst"]}
+    elif rec.type == "delete":
+        tx.deleted = [*tx.deleted, d["path"]]
+    elif rec.type == "remove_row":
+        tx.removed_rows = [*tx.removed_rows, d]
+    if nxt is not None:
+        tx.state = nxt
+
+
+@dataclass
+class Torn:
+    segment: Path
+    offset: int
+    data: bytes
+    why: str
+
+
+@dataclass
+class Loaded:
+    """The journal as a writer sees it: where it ends and what is open."""
+
+    seq: int = 0
+    hash: str = GENESIS
+    active: Path | None = None
+    active_bytes: int = 0
+    states: dict[str, TxState] = field(default_factory=dict)   # open ones, plus any touched since the checkpoint
+    torn: Torn | None = None
+    checkpoint: Checkpoint | None = None
+
+    def open_transactions(self) -> list[TxState]:
+        return [t for t in self.states.values() if t.state in OPEN_STATES]
+
+
+def segment_files(journal_dir: Path) -> list[Path]:
+    try:
+        names = sorted(n for n in os.listdir(journal_dir) if n.endswith(SEGMENT_SUFFIX))
+    except FileNotFoundError:
+        return []
+    return [journal_dir / n for n in names]
+
+
+def read_segment(path: Path, *, expect_seq: int, expect_hash: str, newest: bool,
+                 on_record: Any = None) -> tuple[int, str, Torn | None]:
+    """Verify one segment; call ``on_record(rec)`` for each good record.
+
+    Returns (last seq, last hash, torn tail or None).  Raises JournalDamaged
+    naming the first damaged record (segment, line and sequence number).
+    """
+    data = path.read_bytes()
+    pos = 0
+    lineno = 0
+    seq, h = expect_seq - 1, expect_hash
+    n = len(data)
+    while pos < n:
+        lineno += 1
+        end = data.find(b"\n", pos)
+        last_line = end == -1 or end + 1 == n
+        line = data[pos:] if end == -1 else data[pos:end]
+        rec = verify_line(line) if end != -1 else None
+        if rec is None:
+            why = "no newline" if end == -1 else "bad checksum or not JSON"
+            if newest and last_line:
+                return seq, h, Torn(path, pos, data[pos:], why)
+            raise JournalDamaged(
+                f"journal damaged: {path.name} line {lineno} (after record {seq}): {why}",
+                detail="Run 'sop-fsck' for details; do not edit the journal by hand.")
+        if rec.seq != seq + 1:
+            raise JournalDamaged(f"journal damaged: {path.name} line {lineno}: record {rec.seq} "
+                                 f"where record {seq + 1} was expected",
+                                 detail="A record was removed, reordered or duplicated; see 'sop-fsck'.")
+        if rec.prev != h:
+            raise JournalDamaged(f"journal damaged: {path.name} line {lineno}: record {rec.seq} does not "
+                                 f"chain to the record before it",
+                                 detail="A record before it was changed or removed; see 'sop-fsck'.")
+        if on_record is not None:
+            on_record(rec)
+        seq, h = rec.seq, line_hash(line)
+        pos = end + 1
+    return seq, h, None
+
+
+def _load_checkpoint(ws: Workspace, segs: list[Path]) -> Checkpoint | None:
+    try:
+        cp = _decode_checkpoint(ws.checkpoint_path.read_bytes())
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    names = {p.name: p for p in segs}
+    for s in cp.segments:
+        p = names.get(s.name)
+        if p is None:
+            raise JournalDamaged(f"journal damaged: segment {s.name} (records {s.first}–{s.last}) is missing",
+                                 detail="Restore it from a backup; see 'sop-fsck'.")
+        try:
+            if p.stat().st_size != s.bytes:
+                return None
+        except OSError:
+            return None
+    return cp
+
+
+def load(ws: Workspace) -> Loaded:
+    """Read what a writer needs: the checkpoint and the segments after it."""
+    segs = segment_files(ws.journal_dir)
+    cp = _load_checkpoint(ws, segs)
+    out = Loaded(checkpoint=cp)
+    if cp is not None:
+        out.seq, out.hash = cp.seq, cp.hash
+        out.states = {k: msgspec.structs.replace(v) for k, v in cp.open.items()}
+        covered = {s.name for s in cp.segments}
+        rest = [p for p in segs if p.name not in covered]
+    else:
+        rest = segs
+    for i, p in enumerate(rest):
+        first = _segment_first(p)
+        if first != out.seq + 1:
+            raise JournalDamaged(f"journal damaged: segment {p.name} starts at record {first}, "
+                                 f"but record {out.seq + 1} comes next",
+                                 detail="A segment is missing or misnamed; see 'sop-fsck'.")
+        newest = i == len(rest) - 1
+        out.seq, out.hash, torn = read_segment(p, expect_seq=out.seq + 1, expect_hash=out.hash, newest=newest,
+                                               on_record=lambda r: apply(out.states, r))
+        if torn:
+            out.torn = torn
+        out.active = p
+        out.active_bytes = torn.offset if torn else p.stat().st_size
+    return out
+
+
+def _segment_first(p: Path) -> int:
+    try:
+        return int(p.name[: -len(SEGMENT_SUFFIX)])
+    except ValueError:
+        raise JournalDamaged(f"journal damaged: {p.name} is not a segment name",
+                             detail=".sop/journal/ must hold only journal segments.") from None
+
+
+def iter_records(ws: Workspace) -> Iterator[Record]:
+    """Every record of the history, oldest first, verified as it goes (torn tail skipped)."""
+    seq, h = 0, GENESIS
+    segs = segment_files(ws.journal_dir)
+    for i, p in enumerate(segs):
+        batch: list[Record] = []
+        seq, h, _ = read_segment(p, expect_seq=seq + 1, expect_hash=h, newest=i == len(segs) - 1,
+                                 on_record=batch.append)
+        yield from batch
+
+
+class Writer:
+    """Appends records; the caller holds the workspace lock for its whole life."""
+
+    def __init__(self, ws: Workspace, loaded: Loaded | None = None) -> None:
+        self.ws = ws
+        self.j = loaded if loaded is not None else load(ws)
+        self.user = username()
+        self.host = socket.gethostname()
+
+    @property
+    def states(self) -> dict[str, TxState]:
+        return self.j.states
+
+    def cut_torn(self, now: datetime | None = None) -> None:
+        """Cut a torn tail off, keeping its bytes in ``.sop/lost+found/`` first."""
+        torn = self.j.torn
+        if torn is None:
+            return
+        fsops.mkdir(self.ws.lost_found, exist_ok=True, parents=True)
+        kept = self.ws.lost_found / f"{torn.segment.name}.{torn.offset}.torn"
+        fsops.atomic_write(kept, torn.data)
+        fsops.truncate_durable(torn.segment, torn.offset)
+        self.j.torn = None
+        self.j.active_bytes = torn.offset
+        self.append("", "tail_cut", {"segment": torn.segment.name, "offset": torn.offset,
+                                     "bytes": len(torn.data), "kept": self.ws.rel(kept), "why": torn.why},
+                    now=now)
+
+    def append(self, txid: str, type_: str, data: dict[str, Any] | None = None,
+               now: datetime | None = None) -> Record:
+        """Write one record durably (fsync) and apply it to the in-memory state."""
+        if self.j.torn is not None:
+            self.cut_torn(now)
+        data = data or {}
+        probe = Record(seq=self.j.seq + 1, txid=txid, type=type_, time="", user="", host="", pid=0,
+                       prev=self.j.hash, data=data)
+        scratch = {k: msgspec.structs.replace(v) for k, v in self.j.states.items() if k == txid}
+        try:
+            apply(scratch, probe)
+        except JournalDamaged:
+            cur = self.j.states.get(txid)
+            raise WrongState(f"transaction {txid} is {cur.state if cur else 'unknown'}; "
+                             f"cannot record {type_!r}") from None
+        body = _Body(seq=self.j.seq + 1, txid=txid, type=type_, time=fmt_time(now or utcnow()),
+                     user=self.user, host=self.host, pid=os.getpid(), prev=self.j.hash, data=data)
+        line = encode_line(body)
+        if self.j.active is None or self.j.active_bytes >= SEGMENT_BYTES:
+            if self.j.active is not None:
+                self._seal()
+            fsops.mkdir(self.ws.journal_dir, exist_ok=True, parents=True)
+            self.j.active = self.ws.journal_dir / f"{body.seq:016d}{SEGMENT_SUFFIX}"
+            self.j.active_bytes = 0
+        fsops.append_durable(self.j.active, line)
+        self.j.active_bytes += len(line)
+        self.j.seq = body.seq
+        self.j.hash = line_hash(line)
+        rec = _decode_record(line)
+        apply(self.j.states, rec)
+        return rec
+
+    def _seal(self) -> None:
+        """Write a checkpoint covering every segment so far, so the next one starts fresh."""
+        cp = self.j.checkpoint or Checkpoint()
+        segs = list(cp.segments)
+        covered = {s.name for s in segs}
+        for p in segment_files(self.ws.journal_dir):
+            if p.name in covered:
+                continue
+            data = p.read_bytes()
+            count = data.count(b"\n")
+            segs.append(Segment(name=p.name, first=_segment_first(p), last=_segment_first(p) + count - 1,
+                                bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
+        open_states = {k: v for k, v in self.j.states.items() if v.state in OPEN_STATES}
+        new = Checkpoint(seq=self.j.seq, hash=self.j.hash, segments=segs, open=open_states)
+        fsops.atomic_write(self.ws.checkpoint_path, msgspec.json.encode(new))
+        self.j.checkpoint = new
+        self.j.states = {k: msgspec.structs.replace(v) for k, v in open_states.items()}
+
+
+def find_transaction(ws: Workspace, txid: str, loaded: Loaded) -> TxState | None:
+    """A transaction's state: from the loaded tail, else by reading the whole history."""
+    if txid in loaded.states:
+        return loaded.states[txid]
+    states: dict[str, TxState] = {}
+    for rec in iter_records(ws):
+        if rec.txid == txid:
+            apply(states, rec)
+    return states.get(txid)

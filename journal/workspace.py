@@ -1,0 +1,218 @@
+"""Plumbing: finding the workspace, its layout and ``.sop/config.toml``.
+
+The root is ``-C/--root DIR``, else ``$SOP_ROOT``, else the nearest ancestor
+of the working directory that holds ``.sop/`` (as git finds ``.git/``).
+
+``.sop/`` holds::
+
+    .sop/config.toml        settings (sop-config(5)); every key optional
+    .sop/journal/           the write-ahead journal's segments, nothing else
+    .sop/checkpoint.json    digest of sealed segments and open transactions
+    .sop/lock               the workspace lock (filelock)
+    .sop/sheet.lock         held while the Master Sheet is being rewritten
+    .sop/lost+found/        torn journal tails that were cut off
+    .sop/cache/             derived data that may be deleted at any time
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, NoWorkspace
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "sheet": {"path": "backtests/Strategy_Master_Filter.xlsx", "worksheet": ""},
+    "lock": {"timeout_seconds": 30.0, "retries": 3, "backoff_seconds": 1.0, "on_locked": "rollback"},
+    "sweep": {"zombie_action": "delete", "report": "outputs/logs/integrity_report.md"},
+}
+
+CHOICES = {
+    ("lock", "on_locked"): ("rollback", "defer"),
+    ("sweep", "zombie_action"): ("delete", "quarantine"),
+}
+
+CONFIG_TEMPLATE = """\
+# sop configuration — see sop-config(5).  Every key is optional; the values
+# shown are the defaults.  An unknown key is an error.
+
+[sheet]
+# The Master Sheet, relative to the workspace root.
+path = "backtests/Strategy_Master_Filter.xlsx"
+# The master worksheet; "" means the first worksheet.
+worksheet = ""
+
+[lock]
+# Seconds to wait for another sop process's workspace lock, then exit 6.
+timeout_seconds = 30
+# Attempts in all when the sheet is locked (open in Excel).
+retries = 3
+# Wait before the 2nd attempt, doubled each time; 0 = no wait.
+backoff_seconds = 1.0
+# When the sheet stays locked at commit: "rollback" (quarantine the run,
+# exit 3) or "defer" (keep it; sop-recover adds the row later).
+on_locked = "rollback"
+
+[sweep]
+# What the sweep does to zombie folders: "delete" or "quarantine".
+zombie_action = "delete"
+# Where the sweep writes its Markdown report, relative to the root.
+report = "outputs/logs/integrity_report.md"
+"""
+
+
+@dataclass(frozen=True)
+class Config:
+    sheet_path: str
+    worksheet: str
+    lock_timeout: float
+    retries: int
+    backoff: float
+    on_locked: str
+    zombie_action: str
+    report: str
+
+
+def parse_config(text: str, source: str = "config.toml") -> Config:
+    """Validate a config file's text; unknown keys and wrong types are errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}",
+                          detail="Fix the file, or delete it to use the defaults.") from None
+    merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in DEFAULTS.items()}
+    for section, values in data.items():
+        if section not in DEFAULTS or not isinstance(values, dict):
+            raise ConfigError(f"{source}: unknown section [{section}]",
+                              detail=f"Known sections: {', '.join('[' + s + ']' for s in DEFAULTS)}.")
+        for key, value in values.items():
+            if key not in DEFAULTS[section]:
+                raise ConfigError(f"{source}: unknown key '{key}' in [{section}]",
+                                  detail=f"Known keys: {', '.join(DEFAULTS[section])}.")
+            default = DEFAULTS[section][key]
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if type(value) is not type(default):
+                raise ConfigError(f"{source}: [{section}] {key} must be a {type(default).__name__}, "
+                                  f"not {value!r}")
+            if isinstance(value, (int, float)) and value < 0:
+                raise ConfigError(f"{source}: [{section}] {key} must not be negative")
+            allowed = CHOICES.get((section, key))
+            if allowed and value not in allowed:
+                raise ConfigError(f"{source}: [{section}] {key} must be one of "
+                                  f"{', '.join(repr(a) for a in allowed)}, not {value!r}")
+            merged[section][key] = value
+    if merged["lock"]["retries"] < 1:
+        raise ConfigError(f"{source}: [lock] retries must be at least 1 (attempts in all)")
+    if not merged["sheet"]["path"]:
+        raise ConfigError(f"{source}: [sheet] path must not be empty")
+    return Config(
+        sheet_path=merged["sheet"]["path"], worksheet=merged["sheet"]["worksheet"],
+        lock_timeout=merged["lock"]["timeout_seconds"], retries=merged["lock"]["retries"],
+        backoff=merged["lock"]["backoff_seconds"], on_locked=merged["lock"]["on_locked"],
+        zombie_action=merged["sweep"]["zombie_action"], report=merged["sweep"]["report"],
+    )
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A workspace root, its settings and its paths."""
+
+    root: Path
+    config: Config
+
+    @property
+    def sop_dir(self) -> Path:
+        return self.root / ".sop"
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.sop_dir / "journal"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.sop_dir / "checkpoint.json"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.sop_dir / "lock"
+
+    @property
+    def sheet_lock_path(self) -> Path:
+        return self.sop_dir / "sheet.lock"
+
+    @property
+    def lost_found(self) -> Path:
+        return self.sop_dir / "lost+found"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.sop_dir / "cache"
+
+    @property
+    def sheet(self) -> Path:
+        return self.root / self.config.sheet_path
+
+    @property
+    def backtests(self) -> Path:
+        return self.root / "backtests"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def report(self) -> Path:
+        return self.root / self.config.report
+
+    def strategy_dir(self, name: str) -> Path:
+        return self.backtests / name
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs / run_id
+
+    def rel(self, path: Path) -> str:
+        """A path as shown in messages and the journal: relative to the root, ``/``-separated."""
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)
+
+
+def find_root(root: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,
+              cwd: str | os.PathLike[str] | None = None) -> Path:
+    """The workspace root, as SPEC §1 says; :class:`NoWorkspace` when there is none."""
+    env = os.environ if env is None else env
+    hint = "Run 'sop init' in the workspace folder, or pass -C/--root DIR."
+    if root is None and env.get("SOP_ROOT"):
+        root = env["SOP_ROOT"]
+    if root is not None:
+        p = Path(root).absolute()
+        if not (p / ".sop").is_dir():
+            raise NoWorkspace(f"not a sop workspace: {p} (no .sop/ folder)", detail=hint)
+        return p
+    here = Path(cwd or os.getcwd()).absolute()
+    for candidate in (here, *here.parents):
+        if (candidate / ".sop").is_dir():
+            return candidate
+    raise NoWorkspace(f"not a sop workspace: no .sop/ in {here} or any folder above it", detail=hint)
+
+
+def load_config(root: Path) -> Config:
+    path = root / ".sop" / "config.toml"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from None
+    return parse_config(text, ".sop/config.toml")
+
+
+def open_workspace(root: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Workspace:
+    """Find the root and load its config."""
+    r = find_root(root, env)
+    return Workspace(r, load_config(r))
