@@ -353,10 +353,13 @@ def commit(txid: str, *, defer_on_lock: bool = False, root: PathArg = None, now:
             row = sheet.row_from_metadata(meta, tx.strategy, tx.run_id, txid, now.strftime("%Y-%m-%dT%H:%M:%SZ"))
             w.append(txid, "decide", {"row": row}, now=now)
     result = flush(ws, want=txid, now=now, sleep=sleep)
-    tx = result.states.get(txid)
-    if tx is not None and tx.state == "committed":
+    if result.locked_by is None:
+        with _locked(ws) as w:
+            tx = _get(ws, w, txid)
+        if tx.state != "committed":
+            raise WrongState(f"transaction {txid} is {tx.state}: it was rolled back while it waited for the sheet")
         others = [t for t in result.committed if t != txid]
-        return CommitResult(txid, tx.strategy, tx.run_id, "committed", row=result.rows.get(txid),
+        return CommitResult(txid, tx.strategy, tx.run_id, "committed", row=result.rows.get(txid) or tx.row_number,
                             also_committed=others)
     locked_by = result.locked_by or "unknown user"
     if defer_on_lock or ws.config.on_locked == "defer":
@@ -581,8 +584,14 @@ def run(cmd: Sequence[str], strategy: str | None = None, *, run_id: str | None =
         ab = abort(tx.txid, root=root)
         return RunResult(tx.txid, tx.strategy, tx.run_id, 0, ab.state, e.exit_code, error=e, abort=ab)
     except SopError as e:
-        return RunResult(tx.txid, tx.strategy, tx.run_id, 0, "deferred" if "deferred" in e.message.lower()
-                         else "aborted", e.exit_code, error=e)
+        return RunResult(tx.txid, tx.strategy, tx.run_id, 0, _state_of(root, tx.txid), e.exit_code, error=e)
+
+
+def _state_of(root: PathArg, txid: str) -> str:
+    ws = open_workspace(root)
+    j = wal.load(ws)
+    tx = wal.find_transaction(ws, txid, j)
+    return tx.state if tx else "unknown"
 
 
 # ---------------------------------------------------------------- status

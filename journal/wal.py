@@ -172,6 +172,7 @@ class TxState(msgspec.Struct, kw_only=True):
     removed_rows: list[dict[str, Any]] = []
     delete: bool = False                    # the rollback deletes instead of quarantining
     records: int = 0
+    row_number: int = 0                     # where the row went, once committed
 
 
 class Segment(msgspec.Struct, kw_only=True):
@@ -282,6 +283,8 @@ def apply(states: dict[str, TxState], rec: Record, *, strict: bool = True) -> No
         tx.deleted = [*tx.deleted, d["path"]]
     elif rec.type == "remove_row":
         tx.removed_rows = [*tx.removed_rows, d]
+    elif rec.type == "committed":
+        tx.row_number = int(d.get("row_number", 0) or 0)
     if nxt is not None:
         tx.state = nxt
 

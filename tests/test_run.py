@@ -21,7 +21,7 @@ def test_run_commits_on_exit_0_and_sets_the_environment(ws: WS, tmp_path: Path) 
     dump = tmp_path / "env.json"
     code = WRITE_META + (f"; json.dump({{k: v for k, v in os.environ.items() if k.startswith('SOP_')}}, "
                          f"open({str(dump)!r}, 'w'))")
-    doc = ws.json("run", "--strategy", "Alpha", "--", sys.executable, "-c", code)
+    doc = json.loads(ws.sop("run", "--json", "--strategy", "Alpha", "--", sys.executable, "-c", code).stdout)
     assert doc["state"] == "committed" and doc["status"] == 0 and doc["row"] == 2
     env = json.loads(dump.read_text())
     assert env["SOP_STRATEGY"] == "Alpha" and env["SOP_TXID"] == doc["txid"] and env["SOP_RUN_ID"] == doc["run_id"]
