@@ -1,0 +1,329 @@
+"""The workbook engine on plain workbooks: read, append, create, typing, header detection."""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+from fixtures_xlsx import (
+    HEADERS,
+    assert_only_changed,
+    calamine_rows,
+    data_rows,
+    members,
+    openpyxl_book,
+    openpyxl_values,
+    xlsxwriter_book,
+)
+
+from journal import xlsx
+from journal.errors import Refused
+
+SHEET = "xl/worksheets/sheet1.xml"
+
+
+@pytest.fixture(params=["xlsxwriter", "xlsxwriter-inline", "openpyxl"])
+def book(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    path = tmp_path / "Master.xlsx"
+    if request.param == "openpyxl":
+        return openpyxl_book(path)
+    return xlsxwriter_book(path, constant_memory=request.param == "xlsxwriter-inline")
+
+
+# ---------------------------------------------------------------------------------------- reading
+
+
+def test_read_table_headers_and_rows(book: Path) -> None:
+    t = xlsx.read_table(book)
+    assert t.worksheet == "Master"
+    assert t.header_row == 1
+    assert t.headers == {i + 1: h for i, h in enumerate(HEADERS)}
+    assert t.columns["runid"] == 2 and t.columns["committedat"] == 4
+    assert [r.number for r in t.rows] == [2, 3, 4]
+    assert t.rows[0].values == {1: "strat_001", 2: "run-0001", 3: "tx1", 4: "2024-01-01T00:00:00Z", 5: 0.25, 6: 10}
+    assert isinstance(t.rows[0].values[6], int)
+
+
+def test_read_table_only_requested_columns(book: Path) -> None:
+    t = xlsx.read_table(book, columns=["strategy", "Run ID"])
+    assert [r.values for r in t.rows] == [{1: f"strat_{i:03d}", 2: f"run-{i:04d}"} for i in (1, 2, 3)]
+
+
+def test_rows_with_values_only_in_other_columns_are_kept(tmp_path: Path) -> None:
+    path = xlsxwriter_book(tmp_path / "m.xlsx", [["a", "r1"], [None, None, None, None, 7], ["c", "r3"]])
+    t = xlsx.read_table(path, columns=["strategy", "runid"])
+    assert [(r.number, r.values) for r in t.rows] == [(2, {1: "a", 2: "r1"}), (3, {}), (4, {1: "c", 2: "r3"})]
+
+
+@pytest.mark.parametrize("name", ["Run ID", "run_id", "RUNID", "run-id", " RunId "])
+def test_header_detection_in_row_3_with_spellings(tmp_path: Path, name: str) -> None:
+    import xlsxwriter
+
+    path = tmp_path / "m.xlsx"
+    wb = xlsxwriter.Workbook(str(path))
+    ws = wb.add_worksheet("Runs")
+    ws.write(0, 0, "Backtest index — do not edit by hand")
+    ws.write(1, 3, 42)
+    ws.write_row(2, 0, ["STRATEGY", name, "Notes"])
+    ws.write_row(3, 0, ["alpha", 123.0, "x"])
+    ws.write_row(5, 0, ["beta", "r2"])
+    wb.close()
+    t = xlsx.read_table(path, columns=["strategy", "runid"])
+    assert t.header_row == 3
+    assert t.headers[2] == name.strip()
+    assert t.columns == {"strategy": 1, "runid": 2, "notes": 3}
+    assert [(r.number, r.values) for r in t.rows] == [(4, {1: "alpha", 2: 123}), (6, {1: "beta", 2: "r2"})]
+    assert isinstance(t.rows[0].values[2], int)
+
+
+def test_no_header_row_gives_header_row_zero(tmp_path: Path) -> None:
+    path = xlsxwriter_book(tmp_path / "m.xlsx", headers=["Name", "RunID"], rows=[["a", "b"]])
+    t = xlsx.read_table(path, columns=["strategy", "runid"])
+    assert (t.header_row, t.headers, t.columns) == (0, {}, {})
+
+
+def test_header_below_row_10_is_not_found(tmp_path: Path) -> None:
+    path = xlsxwriter_book(tmp_path / "m.xlsx", header_row=11)
+    assert xlsx.read_table(path).header_row == 0
+
+
+def test_first_duplicate_header_wins(tmp_path: Path) -> None:
+    path = xlsxwriter_book(tmp_path / "m.xlsx", headers=["Strategy", "RunID", "run id"], rows=[["a", "b", "c"]])
+    t = xlsx.read_table(path)
+    assert t.columns["runid"] == 2
+    assert t.headers == {1: "Strategy", 2: "RunID", 3: "run id"}
+
+
+def test_worksheet_by_name_and_missing(tmp_path: Path) -> None:
+    import xlsxwriter
+
+    path = tmp_path / "m.xlsx"
+    wb = xlsxwriter.Workbook(str(path))
+    wb.add_worksheet("Notes").write(0, 0, "nothing here")
+    wb.add_worksheet("Index").write_row(0, 0, ["Strategy", "RunID"])
+    wb.close()
+    assert xlsx.read_table(path).worksheet == "Notes"
+    assert xlsx.read_table(path, "Index").columns == {"strategy": 1, "runid": 2}
+    with pytest.raises(xlsx.SheetDamaged, match="no worksheet named 'Nope'"):
+        xlsx.read_table(path, "Nope")
+
+
+def test_value_types_read_back(tmp_path: Path) -> None:
+    import xlsxwriter
+
+    path = tmp_path / "m.xlsx"
+    wb = xlsxwriter.Workbook(str(path))
+    ws = wb.add_worksheet()
+    ws.write_row(0, 0, ["Strategy", "RunID", "Flag", "Err", "Text", "F"])
+    ws.write_row(1, 0, ["s", 7.0, True])
+    ws.write_formula(1, 3, "=NA()", None, "#N/A")
+    ws.write_string(1, 4, "a & b <c> _x0041_ é")
+    ws.write_formula(1, 5, '="x"&"y"', None, "xy")
+    ws.write_row(2, 0, ["t", 2.5, False])
+    wb.close()
+    t = xlsx.read_table(path)
+    assert t.rows[0].values == {1: "s", 2: 7, 3: True, 4: "#N/A", 5: "a & b <c> _x0041_ é", 6: "xy"}
+    assert type(t.rows[0].values[2]) is int and type(t.rows[0].values[3]) is bool
+    assert t.rows[1].values == {1: "t", 2: 2.5, 3: False}
+
+
+# ---------------------------------------------------------------------------------------- appending
+
+
+def test_append_rows_after_last_row(book: Path) -> None:
+    before = members(book)
+    numbers = xlsx.append_rows(book, None, [{1: "new_a", 2: "run-a", 5: 1.5, 6: 3}, {1: "new_b", 2: 77}])
+    assert numbers == [5, 6]
+    after = members(book)
+    assert_only_changed(before, after, {SHEET})
+    assert b'<dimension ref="A1:F6"/>' in after[SHEET]
+    t = xlsx.read_table(book)
+    assert [r.number for r in t.rows] == [2, 3, 4, 5, 6]
+    assert t.rows[3].values == {1: "new_a", 2: "run-a", 5: 1.5, 6: 3}
+    assert t.rows[4].values == {1: "new_b", 2: 77}
+    got = openpyxl_values(book)
+    assert (got["A5"], got["B5"], got["E5"], got["F5"], got["A6"], got["B6"]) == ("new_a", "run-a", 1.5, 3, "new_b", 77)
+    cal = calamine_rows(book)
+    assert cal[4][:2] == ["new_a", "run-a"] and cal[5][:2] == ["new_b", 77]
+
+
+def test_append_keeps_shared_strings_untouched(tmp_path: Path) -> None:
+    path = xlsxwriter_book(tmp_path / "m.xlsx")
+    sst = members(path)["xl/sharedStrings.xml"]
+    xlsx.append_rows(path, None, [{1: "Strategy", 2: "fresh"}])
+    assert members(path)["xl/sharedStrings.xml"] == sst
+
+
+def test_append_types(tmp_path: Path) -> None:
+    path = xlsxwriter_book(tmp_path / "m.xlsx", headers=[f"C{i}" for i in range(1, 14)] + ["Strategy"])
+    values = {1: "=SUM(A1:A2)", 2: "+1", 3: "-x", 4: "@me", 5: "\tindent", 6: "\rcr", 7: 12345678901234567890,
+              8: 123456789012345, 9: float("nan"), 10: float("-inf"), 11: True, 12: False, 13: 0.1}
+    (n,) = xlsx.append_rows(path, None, [values])
+    xml = members(path)[SHEET].decode()
+    assert "<f>" not in xml and "<f " not in xml
+    row = xlsx.read_table(path).rows[-1]
+    assert row.number == n
+    assert row.values == {1: "=SUM(A1:A2)", 2: "+1", 3: "-x", 4: "@me", 5: "\tindent", 6: "\rcr",
+                          7: "12345678901234567890", 8: 123456789012345, 9: "nan", 10: "-inf", 11: True, 12: False,
+                          13: 0.1}
+    got = openpyxl_values(path)
+    assert got[f"A{n}"] == "=SUM(A1:A2)"   # openpyxl reports text that looks like a formula as is
+    assert openpyxl_data_type(path, f"A{n}") == "s"
+    assert got[f"K{n}"] is True and got[f"H{n}"] == 123456789012345 and got[f"G{n}"] == "12345678901234567890"
+    cal = calamine_rows(path)[n - 1]
+    assert cal[0] == "=SUM(A1:A2)" and cal[10] is True and cal[12] == 0.1
+
+
+def openpyxl_data_type(path: Path, ref: str) -> str:
+    import openpyxl
+
+    return openpyxl.load_workbook(path).worksheets[0][ref].data_type
+
+
+def test_append_text_escaping_round_trips(tmp_path: Path) -> None:
+    path = xlsxwriter_book(tmp_path / "m.xlsx")
+    tricky = ["a<b>&c\"d'e", "  spaces kept  ", "line1\nline2", "_x0041_ stays", "ünï©ødé 🚀", "]]>"]
+    (n,) = xlsx.append_rows(path, None, [{i + 1: v for i, v in enumerate(tricky)}])
+    assert list(xlsx.read_table(path).rows[-1].values.values()) == tricky
+    cal = calamine_rows(path)[n - 1]
+    assert cal[:6] == tricky
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("a\x00b", "U\\+0000"), ("bell\x07", "U\\+0007"), ("\ud800", "U\\+D800"), ("x" * 32768, "32,767"),
+])
+def test_append_refuses_bad_text_and_leaves_file(tmp_path: Path, bad: str, match: str) -> None:
+    path = xlsxwriter_book(tmp_path / "m.xlsx")
+    raw = path.read_bytes()
+    with pytest.raises(Refused, match=match):
+        xlsx.append_rows(path, None, [{1: "ok", 2: bad}])
+    assert path.read_bytes() == raw
+
+
+def test_append_refuses_bad_columns_and_types(tmp_path: Path) -> None:
+    path = xlsxwriter_book(tmp_path / "m.xlsx")
+    raw = path.read_bytes()
+    for row in ({0: "x"}, {16385: "x"}, {"A": "x"}, {1: [1, 2]}, {1: b"bytes"}):
+        with pytest.raises(Refused):
+            xlsx.append_rows(path, None, [row])  # type: ignore[list-item]
+    assert path.read_bytes() == raw
+
+
+def test_append_exactly_32767_chars(tmp_path: Path) -> None:
+    path = xlsxwriter_book(tmp_path / "m.xlsx")
+    xlsx.append_rows(path, None, [{1: "y" * 32767}])
+    assert xlsx.read_table(path).rows[-1].values[1] == "y" * 32767
+
+
+def test_append_nothing_writes_nothing(tmp_path: Path) -> None:
+    path = xlsxwriter_book(tmp_path / "m.xlsx")
+    raw = path.read_bytes()
+    assert xlsx.append_rows(path, None, []) == []
+    assert path.read_bytes() == raw
+
+
+def test_append_after_gap_and_empty_formatted_rows(tmp_path: Path) -> None:
+    """Formatted empty rows after the data are merged with the new rows, never duplicated."""
+    import xlsxwriter
+
+    path = tmp_path / "m.xlsx"
+    wb = xlsxwriter.Workbook(str(path))
+    ws = wb.add_worksheet("Master")
+    money = wb.add_format({"num_format": "0.00"})
+    ws.write_row(0, 0, ["Strategy", "RunID", "PnL"])
+    ws.write_row(1, 0, ["a", "r1", 1])
+    ws.write_row(3, 0, ["c", "r3", 3])                   # row 3 is a gap: stays a gap
+    ws.set_row(4, 30)                                     # row 5: empty, custom height
+    ws.write_blank(4, 2, None, money)                     # ... with a formatted empty cell C5
+    ws.write_blank(5, 1, None, money)                     # row 6: a formatted empty cell B6
+    ws.set_row(9, 40)                                     # row 10: empty, after the new rows
+    wb.close()
+    numbers = xlsx.append_rows(path, None, [{1: "d", 2: "r4", 3: 4.25}, {1: "e", 2: "r5"}, {1: "f"}])
+    assert numbers == [5, 6, 7]
+    xml = members(path)[SHEET].decode()
+    row_numbers = [int(x) for x in re.findall(r'<row r="(\d+)"', xml)]
+    assert row_numbers == sorted(set(row_numbers)) == [1, 2, 4, 5, 6, 7, 10]
+    row5 = re.search(r'<row r="5"[^>]*>.*?</row>', xml).group(0)  # type: ignore[union-attr]
+    assert 'ht="30"' in row5 and re.search(r'<c r="C5" s="\d+"><v>4.25</v>', row5)
+    row6 = re.search(r'<row r="6"[^>]*>.*?</row>', xml).group(0)  # type: ignore[union-attr]
+    assert re.search(r'<c r="B6" s="\d+" t="inlineStr">', row6)
+    t = xlsx.read_table(path)
+    assert [(r.number, r.values) for r in t.rows] == [
+        (2, {1: "a", 2: "r1", 3: 1}), (4, {1: "c", 2: "r3", 3: 3}), (5, {1: "d", 2: "r4", 3: 4.25}),
+        (6, {1: "e", 2: "r5"}), (7, {1: "f"})]
+    assert openpyxl_values(path)["C5"] == 4.25
+
+
+def test_append_never_overwrites_a_formula_without_value(tmp_path: Path) -> None:
+    path = openpyxl_book(tmp_path / "m.xlsx")      # openpyxl writes formulas with an empty cached value
+    import openpyxl
+
+    wb = openpyxl.load_workbook(path)
+    wb.active["B5"] = "=A4"
+    wb.save(path)
+    assert xlsx.append_rows(path, None, [{1: "x", 2: "y"}]) == [6]
+    assert openpyxl_values(path)["B5"] == "=A4"
+
+
+def test_append_to_header_only_sheet(tmp_path: Path) -> None:
+    path = xlsxwriter_book(tmp_path / "m.xlsx", rows=[])
+    assert xlsx.append_rows(path, None, [{1: "first", 2: "r1"}]) == [2]
+    assert [r.values for r in xlsx.read_table(path).rows] == [{1: "first", 2: "r1"}]
+
+
+def test_append_named_worksheet_other_than_first(tmp_path: Path) -> None:
+    import xlsxwriter
+
+    path = tmp_path / "m.xlsx"
+    wb = xlsxwriter.Workbook(str(path))
+    wb.add_worksheet("Notes").write(0, 0, "keep me")
+    wb.add_worksheet("Index").write_row(0, 0, ["Strategy", "RunID"])
+    wb.close()
+    before = members(path)
+    assert xlsx.append_rows(path, "Index", [{1: "a", 2: "b"}]) == [2]
+    assert_only_changed(before, members(path), {"xl/worksheets/sheet2.xml"})
+    assert xlsx.read_table(path, "Index").rows[0].values == {1: "a", 2: "b"}
+
+
+def test_append_many_rows_in_one_write(tmp_path: Path) -> None:
+    path = xlsxwriter_book(tmp_path / "m.xlsx", rows=data_rows(50))
+    numbers = xlsx.append_rows(path, None, [{1: f"n{i}", 2: i} for i in range(200)])
+    assert numbers == list(range(52, 252))
+    t = xlsx.read_table(path, columns=["strategy", "runid"])
+    assert len(t.rows) == 250 and t.rows[-1].values == {1: "n199", 2: 199}
+    assert b'<dimension ref="A1:F251"/>' in members(path)[SHEET]
+
+
+def test_zip_entries_keep_names_times_and_order(book: Path) -> None:
+    with zipfile.ZipFile(book) as z:
+        before = [(i.filename, i.date_time, i.external_attr) for i in z.infolist()]
+    xlsx.append_rows(book, None, [{1: "x"}])
+    with zipfile.ZipFile(book) as z:
+        assert z.testzip() is None
+        assert [(i.filename, i.date_time, i.external_attr) for i in z.infolist()] == before
+
+
+# ---------------------------------------------------------------------------------------- creating
+
+
+def test_create_workbook_reads_everywhere(tmp_path: Path) -> None:
+    path = tmp_path / "Strategy_Master_Filter.xlsx"
+    xlsx.create_workbook(path, ["Strategy", "RunID", "TxID", "CommittedAt"])
+    t = xlsx.read_table(path)
+    assert (t.worksheet, t.header_row, t.rows) == ("Master", 1, [])
+    assert t.columns == {"strategy": 1, "runid": 2, "txid": 3, "committedat": 4}
+    assert openpyxl_values(path) == {"A1": "Strategy", "B1": "RunID", "C1": "TxID", "D1": "CommittedAt"}
+    assert calamine_rows(path) == [["Strategy", "RunID", "TxID", "CommittedAt"]]
+    assert xlsx.append_rows(path, None, [{1: "a", 2: "b"}]) == [2]
+    assert calamine_rows(path)[1][:2] == ["a", "b"]
+    assert not [p for p in tmp_path.iterdir() if p.name != path.name]   # no temp file left
+
+
+def test_create_workbook_refuses_to_overwrite(tmp_path: Path) -> None:
+    path = xlsxwriter_book(tmp_path / "m.xlsx")
+    raw = path.read_bytes()
+    with pytest.raises(FileExistsError):
+        xlsx.create_workbook(path, ["Strategy", "RunID"])
+    assert path.read_bytes() == raw
