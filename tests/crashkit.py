@@ -104,11 +104,11 @@ def check_announced(root: Path, before: dict[str, Any], rows_before: list[tuple[
     for top in ("backtests", "runs"):
         for path in now:
             parts = path.split("/")
-            if parts[0] == top and len(parts) == 2 and path not in before and not path.endswith(".xlsx"):
+            if parts[0] == top and len(parts) == 2 and path not in before and ".sop-tmp-" not in path:
                 assert path in made, f"{path} appeared without a journal record"
         for path in before:
             parts = path.split("/")
-            if parts[0] == top and len(parts) == 2 and path not in now:
+            if parts[0] == top and len(parts) == 2 and path not in now and ".sop-tmp-" not in path:
                 assert path in gone, f"{path} vanished without a journal record"
     appended = {str(r["data"]["row"].get("runid")) for r in recs if r["type"] == "append"}
     removed = {str(r["data"].get("run_id")) for r in recs if r["type"] == "remove_row"}
