@@ -1,7 +1,7 @@
 """A seeded kill -9 soak: concurrent sop-run processes killed at random moments, then recovered.
 
-Iterations: ``$SOP_SOAK_ITERATIONS`` (200 by default, as in CI); the seed is
-``$SOP_SOAK_SEED`` or random, and is printed in every failure message so a
+Iterations: ``$SOAK_ITERATIONS`` (200 by default, as in CI); the seed is
+``$SOAK_SEED`` or random, and is printed in every failure message so a
 failure can be replayed.
 """
 
@@ -23,8 +23,8 @@ WRITE_META = ("printf '{\"run_id\": \"%s\", \"metrics\": {\"sharpe\": 1.5}}' \"$
 
 
 def test_kill_9_soak(tmp_path: Path) -> None:
-    iterations = int(os.environ.get("SOP_SOAK_ITERATIONS", "200"))
-    seed = int(os.environ.get("SOP_SOAK_SEED", str(random.randrange(1 << 30))))
+    iterations = int(os.environ.get("SOAK_ITERATIONS", "200"))
+    seed = int(os.environ.get("SOAK_SEED", str(random.randrange(1 << 30))))
     rng = random.Random(seed)
     root = tmp_path / "ws"
     root.mkdir()
@@ -55,7 +55,7 @@ def test_kill_9_soak(tmp_path: Path) -> None:
         try:
             check_invariants(root)
         except AssertionError as e:
-            raise AssertionError(f"seed {seed}, iteration {it}: {e}") from None
+            raise AssertionError(f"seed {seed}, iteration {it} (workspace {root}): {e}") from None
     print(f"soak: seed {seed}, {iterations} iterations, {stats['killed']} runs killed, "
           f"{stats['finished']} finished")
     assert stats["killed"] > 0
