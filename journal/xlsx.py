@@ -92,6 +92,7 @@ Refusals
 
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
 import os
@@ -251,7 +252,7 @@ _ENTITIES = {b"lt": "<", b"gt": ">", b"amp": "&", b"quot": '"', b"apos": "'"}
 _XESC_RE = re.compile(r"_x([0-9A-Fa-f]{4})_")
 
 
-def _xml_text(raw: bytes) -> str:
+def _xml_text(raw: bytes, xesc: bool = True) -> str:
     """XML character data as a parser would give it, then OOXML ``_xHHHH_`` escapes decoded."""
     if b"\r" in raw:
         raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
@@ -266,7 +267,7 @@ def _xml_text(raw: bytes) -> str:
         s = "".join(out)
     else:
         s = raw.decode("utf-8")
-    if "_x" in s:
+    if xesc and "_x" in s:
         s = _XESC_RE.sub(lambda m: chr(int(m.group(1), 16)), s)
     return s
 
@@ -1582,5 +1583,655 @@ def create_workbook(path: str | os.PathLike[str], headers: list[str], *, workshe
     fsops.atomic_write(path, buf.getvalue())
 
 
+# --------------------------------------------------------------------------------------------
+# Removing rows: the row map and formula references
+
+
+class _RowMap:
+    """Where each row goes when the rows in ``deleted`` are removed (Excel's Delete Row)."""
+
+    def __init__(self, deleted: Iterable[int]) -> None:
+        self.deleted = sorted(set(deleted))
+        self.dset = set(self.deleted)
+        self.first = self.deleted[0] if self.deleted else MAX_ROW + 1
+
+    def row(self, r: int) -> int | None:
+        """The new number of row ``r``; None when it is removed."""
+        if r < self.first:
+            return r
+        if r in self.dset:
+            return None
+        return r - bisect.bisect_left(self.deleted, r)
+
+    def span(self, r1: int, r2: int) -> tuple[int, int] | None:
+        """The rows r1..r2 after removal (a span shrinks); None when all of them are removed."""
+        if r2 < self.first:
+            return r1, r2
+        a = r1
+        while a <= r2 and a in self.dset:
+            a += 1
+        b = r2
+        while b >= a and b in self.dset:
+            b -= 1
+        if a > b:
+            return None
+        nb = MAX_ROW if r2 == MAX_ROW else self.row(b)
+        return self.row(a), nb  # type: ignore[return-value]
+
+    def range(self, text: str) -> str | None:
+        rg = _Range.parse(text)
+        sp = self.span(rg.r1, rg.r2)
+        if sp is None:
+            return None
+        if rg.c1 == 1 and rg.c2 == MAX_COL and re.fullmatch(r"\$?\d+:\$?\d+", text.strip()):
+            return f"{sp[0]}:{sp[1]}"
+        if rg.r1 == 1 and rg.r2 == MAX_ROW:
+            return text
+        rg.r1, rg.r2 = sp
+        return str(rg)
+
+    def sqref(self, text: str) -> str | None:
+        """A space-separated list of ranges after removal; None when nothing is left."""
+        out = [r for r in (self.range(t) for t in text.split()) if r]
+        return " ".join(out) if out else None
+
+
+_FORMULA_RE = re.compile(r"""
+    "(?:[^"]|"")*"                                          # a string literal
+  | \[(?:[^\[\]]|\[[^\[\]]*\])*\]                            # [structured ref] or [external book]
+  | (?<![\w.$\]:'!\#])
+    (?P<sheet>(?:'(?:[^']|'')+'|[^\W\d][\w.]*)!)?
+    (?:
+        (?P<c1>\$?[A-Za-z]{1,3})(?P<r1>\$?\d+)(?::(?P<c2>\$?[A-Za-z]{1,3})(?P<r2>\$?\d+))?
+      | (?P<rr1>\$?\d+):(?P<rr2>\$?\d+)
+      | (?P<cc1>\$?[A-Za-z]{1,3}):(?P<cc2>\$?[A-Za-z]{1,3})
+    )
+    (?![\w(.!\[:])
+""", re.X)
+
+
+def _sheet_is(sheet: str | None, own: str) -> bool:
+    if sheet is None:
+        return True
+    name = sheet[:-1]
+    if name.startswith("'"):
+        name = name[1:-1].replace("''", "'")
+    return name.casefold() == own.casefold()
+
+
+class _Part:
+    """One row or column part of a reference: ``$`` flag and number."""
+
+    __slots__ = ("absolute", "n")
+
+    def __init__(self, text: str, is_col: bool) -> None:
+        self.absolute = text.startswith("$")
+        t = text.lstrip("$")
+        self.n = col_index(t) if is_col else int(t)
+
+
+def _fmt_row(absolute: bool, n: int) -> str:
+    return ("$" if absolute else "") + str(n)
+
+
+def _fmt_col(absolute: bool, n: int) -> str:
+    return ("$" if absolute else "") + col_letters(n)
+
+
+def _rewrite_formula(text: str, own: str, fn: Callable[[re.Match[str]], str | None]) -> str:
+    """Apply ``fn`` to every reference token; None keeps the token."""
+    def sub(m: re.Match[str]) -> str:
+        if m.group("c1") is None and m.group("rr1") is None and m.group("cc1") is None:
+            return m.group(0)
+        out = fn(m)
+        return m.group(0) if out is None else out
+    return _FORMULA_RE.sub(sub, text)
+
+
+def _valid_ref(m: re.Match[str]) -> bool:
+    try:
+        if m.group("c1") is not None:
+            cols = [m.group("c1"), m.group("c2")]
+            rows = [m.group("r1"), m.group("r2")]
+        elif m.group("rr1") is not None:
+            cols, rows = [], [m.group("rr1"), m.group("rr2")]
+        else:
+            cols, rows = [m.group("cc1"), m.group("cc2")], []
+        return (all(1 <= col_index(c.lstrip("$")) <= MAX_COL for c in cols if c)
+                and all(1 <= int(r.lstrip("$")) <= MAX_ROW for r in rows if r))
+    except ValueError:
+        return False
+
+
+def shift_formula(text: str, rows: _RowMap, own: str, *, anchor: tuple[int, int] | None = None) -> str:
+    """A formula of the master sheet after its rows were removed.
+
+    References to this sheet follow their target (Excel's Delete Row): rows below a removed row
+    move up, a range spanning one shrinks, a removed cell becomes ``#REF!``.  With ``anchor``
+    (old top row, new top row) — conditional formats and validations, whose formulas are relative
+    to their range — relative rows keep their distance to the anchor instead.
+    """
+    def fn(m: re.Match[str]) -> str | None:
+        if not _sheet_is(m.group("sheet"), own) or not _valid_ref(m) or m.group("cc1") is not None:
+            return None
+        sheet = m.group("sheet") or ""
+        if m.group("c1") is not None:
+            c1, r1 = m.group("c1"), _Part(m.group("r1"), False)
+            c2, r2 = m.group("c2"), (_Part(m.group("r2"), False) if m.group("r2") else None)
+        else:
+            c1 = c2 = ""
+            r1, r2 = _Part(m.group("rr1"), False), _Part(m.group("rr2"), False)
+
+        def move(p: _Part) -> int | None:
+            if anchor is not None and not p.absolute:
+                n = p.n - anchor[0] + anchor[1]
+                return n if 1 <= n <= MAX_ROW else None
+            return rows.row(p.n)
+
+        if r2 is None:
+            n = move(r1)
+            if n is None:
+                return sheet + "#REF!"
+            return sheet + c1 + _fmt_row(r1.absolute, n)
+        if anchor is not None and not (r1.absolute and r2.absolute):
+            a, b = move(r1), move(r2)
+            if a is None or b is None:
+                return sheet + "#REF!"
+        else:
+            lo, hi = sorted((r1.n, r2.n))
+            sp = rows.span(lo, hi)
+            if sp is None:
+                return sheet + "#REF!"
+            a, b = sp if r1.n <= r2.n else (sp[1], sp[0])
+        if c1:
+            return sheet + c1 + _fmt_row(r1.absolute, a) + ":" + (c2 or "") + _fmt_row(r2.absolute, b)
+        return sheet + _fmt_row(r1.absolute, a) + ":" + _fmt_row(r2.absolute, b)
+
+    return _rewrite_formula(text, own, fn)
+
+
+def translate_formula(text: str, drow: int, dcol: int) -> str:
+    """A formula copied ``drow`` rows down and ``dcol`` columns right (a shared formula's cell)."""
+    if not drow and not dcol:
+        return text
+
+    def fn(m: re.Match[str]) -> str | None:
+        if not _valid_ref(m):
+            return None
+        sheet = m.group("sheet") or ""
+        parts: list[str] = []
+        if m.group("c1") is not None:
+            pairs = [(m.group("c1"), m.group("r1")), (m.group("c2"), m.group("r2"))]
+        elif m.group("rr1") is not None:
+            pairs = [(None, m.group("rr1")), (None, m.group("rr2"))]
+        else:
+            pairs = [(m.group("cc1"), None), (m.group("cc2"), None)]
+        for c, r in pairs:
+            if c is None and r is None:
+                continue
+            piece = ""
+            if c is not None:
+                cp = _Part(c, True)
+                n = cp.n if cp.absolute else cp.n + dcol
+                if not 1 <= n <= MAX_COL:
+                    return sheet + "#REF!"
+                piece += _fmt_col(cp.absolute, n)
+            if r is not None:
+                rp = _Part(r, False)
+                n = rp.n if rp.absolute else rp.n + drow
+                if not 1 <= n <= MAX_ROW:
+                    return sheet + "#REF!"
+                piece += _fmt_row(rp.absolute, n)
+            parts.append(piece)
+        return sheet + ":".join(parts)
+
+    return _rewrite_formula(text, "", fn)
+
+
+# --------------------------------------------------------------------------------------------
+# Removing rows: everything outside <sheetData>
+
+NS_X14 = "http://schemas.microsoft.com/office/spreadsheetml/2009/9/main"
+NS_XM = "http://schemas.microsoft.com/office/excel/2006/main"
+_REFUSE_ON_REMOVE = {"scenarios": "scenarios", "dataConsolidate": "a data consolidation",
+                     "smartTags": "smart tags"}
+
+
+def _decl(head: bytes) -> bytes:
+    """The bytes before the root element (XML declaration, BOM)."""
+    m = _ROOT_RE.search(head)
+    while m and head[m.start() + 1:m.start() + 2] in (b"?", b"!"):
+        m = _ROOT_RE.search(head, m.end())
+    return head[:m.start()] if m else b""
+
+
+def _remove_outside_rows(pkg: _Package, head: bytes, tail: bytes, rows: _RowMap, own: str) -> tuple[bytes, bytes]:
+    """Move every range in the worksheet part outside its rows (lxml on head + tail, no rows)."""
+    from lxml import etree
+
+    doc = head + tail
+    root = _xml_root(doc, pkg.path, "the master worksheet")
+    M = f"{{{NS_MAIN}}}"
+    XM = f"{{{NS_XM}}}"
+    X14 = f"{{{NS_X14}}}"
+
+    for name, what in _REFUSE_ON_REMOVE.items():
+        if root.find(M + name) is not None:
+            raise _damaged(pkg.path, f"the master worksheet holds {what}, which sop cannot move when removing rows",
+                           "Remove the row in Excel instead.")
+
+    def drop(el: etree._Element) -> None:
+        parent = el.getparent()
+        if parent is not None:
+            parent.remove(el)
+
+    def fix_attr(el: etree._Element, attr: str, is_sqref: bool = False) -> bool:
+        """Move a ref/sqref attribute; False when nothing of it is left."""
+        v = el.get(attr)
+        if v is None:
+            return True
+        try:
+            nv = rows.sqref(v) if is_sqref else rows.range(v)
+        except ValueError:
+            raise _damaged(pkg.path, f"the master worksheet has a range {v!r} that sop cannot read") from None
+        if nv is None:
+            return False
+        if nv != v:
+            el.set(attr, nv)
+        return True
+
+    def anchor_of(sqref: str | None, new_sqref: str | None) -> tuple[int, int] | None:
+        if not sqref or not new_sqref:
+            return None
+        old = min(_Range.parse(t).r1 for t in sqref.split())
+        new = min(_Range.parse(t).r1 for t in new_sqref.split())
+        return old, new
+
+    def fix_text(el: etree._Element, anchor: tuple[int, int] | None) -> None:
+        if el.text:
+            nt = shift_formula(el.text, rows, own, anchor=anchor)
+            if nt != el.text:
+                el.text = nt
+
+    dim = root.find(M + "dimension")
+    if dim is not None and not fix_attr(dim, "ref"):
+        dim.set("ref", "A1")
+
+    merges = root.find(M + "mergeCells")
+    if merges is not None:
+        for mc in list(merges.findall(M + "mergeCell")):
+            if not fix_attr(mc, "ref") or ":" not in mc.get("ref", ""):
+                drop(mc)
+        left = len(merges.findall(M + "mergeCell"))
+        if not left:
+            drop(merges)
+        elif merges.get("count") is not None:
+            merges.set("count", str(left))
+
+    for cf in list(root.findall(M + "conditionalFormatting")):
+        old = cf.get("sqref")
+        if not fix_attr(cf, "sqref", True):
+            drop(cf)
+            continue
+        anchor = anchor_of(old, cf.get("sqref"))
+        for f in cf.iter(M + "formula"):
+            fix_text(f, anchor)
+
+    dvs = root.find(M + "dataValidations")
+    if dvs is not None:
+        for dv in list(dvs.findall(M + "dataValidation")):
+            old = dv.get("sqref")
+            if not fix_attr(dv, "sqref", True):
+                drop(dv)
+                continue
+            anchor = anchor_of(old, dv.get("sqref"))
+            for tag in ("formula1", "formula2"):
+                for f in dv.findall(M + tag):
+                    fix_text(f, anchor)
+        left = len(dvs.findall(M + "dataValidation"))
+        if not left:
+            drop(dvs)
+        elif dvs.get("count") is not None:
+            dvs.set("count", str(left))
+
+    links = root.find(M + "hyperlinks")
+    if links is not None:
+        for h in list(links.findall(M + "hyperlink")):
+            if not fix_attr(h, "ref"):
+                drop(h)
+        if not len(links.findall(M + "hyperlink")):
+            drop(links)
+
+    af = root.find(M + "autoFilter")
+    if af is not None:
+        if not fix_attr(af, "ref"):
+            drop(af)
+        else:
+            for el in af.iter(M + "sortState", M + "sortCondition"):
+                if not fix_attr(el, "ref"):
+                    drop(el)
+    for el in root.findall(M + "sortState"):
+        if not fix_attr(el, "ref"):
+            drop(el)
+        else:
+            for sc in el.iter(M + "sortCondition"):
+                if not fix_attr(sc, "ref"):
+                    drop(sc)
+
+    for container, item, attr in (("protectedRanges", "protectedRange", "sqref"),
+                                  ("ignoredErrors", "ignoredError", "sqref"),
+                                  ("cellWatches", "cellWatch", "r")):
+        box = root.find(M + container)
+        if box is None:
+            continue
+        for el in list(box.findall(M + item)):
+            if not fix_attr(el, attr, attr == "sqref"):
+                drop(el)
+        if not len(box.findall(M + item)):
+            drop(box)
+
+    breaks = root.find(M + "rowBreaks")
+    if breaks is not None:
+        for brk in list(breaks.findall(M + "brk")):
+            n = rows.row(int(brk.get("id", "0") or 0)) if (brk.get("id") or "0").isdigit() else None
+            if n is None:
+                drop(brk)
+            elif str(n) != brk.get("id"):
+                brk.set("id", str(n))
+        left = breaks.findall(M + "brk")
+        if not left:
+            drop(breaks)
+        else:
+            if breaks.get("count") is not None:
+                breaks.set("count", str(len(left)))
+            if breaks.get("manualBreakCount") is not None:
+                breaks.set("manualBreakCount", str(sum(1 for b in left if b.get("man") in ("1", "true"))))
+
+    # extension lists: 2010 conditional formats and validations, sparklines
+    for sq in list(root.iter(XM + "sqref")):
+        owner = sq.getparent()
+        old = (sq.text or "").strip()
+        try:
+            new = rows.sqref(old) if old else None
+        except ValueError:
+            raise _damaged(pkg.path, f"the master worksheet has a range {old!r} that sop cannot read") from None
+        if new is None:
+            box = owner.getparent() if owner is not None else None
+            drop(owner)
+            if box is not None and box.tag in (X14 + "conditionalFormattings", X14 + "dataValidations",
+                                               X14 + "sparklines") and not len(box):
+                grand = box.getparent()
+                drop(box)
+                if grand is not None and grand.tag == X14 + "sparklineGroup" and not len(grand):
+                    drop(grand)
+            continue
+        if new != old:
+            sq.text = new
+        if owner is not None and owner.tag in (X14 + "conditionalFormatting", X14 + "dataValidation"):
+            anchor = anchor_of(old, new)
+            for f in owner.iter(XM + "f"):
+                fix_text(f, anchor)
+        elif owner is not None:
+            for f in owner.iter(XM + "f"):
+                fix_text(f, None)
+    dvs14 = root.find(f".//{X14}dataValidations")
+    if dvs14 is not None and dvs14.get("count") is not None:
+        dvs14.set("count", str(len(dvs14.findall(X14 + "dataValidation"))))
+
+    body = etree.tostring(root, encoding="UTF-8", xml_declaration=False)
+    p = (root.prefix + ":") if root.prefix else ""
+    marker = f"<{p}sheetData/>".encode()
+    i = body.find(marker)
+    if i < 0 or body.find(marker, i + 1) >= 0:
+        raise _damaged(pkg.path, "the master worksheet could not be rewritten around its rows")
+    return (_decl(head) + body[:i] + f"<{p}sheetData>".encode(),
+            f"</{p}sheetData>".encode() + body[i + len(marker):])
+
+
+def _shift_table(pkg: _Package, part: str, xml: bytes, rows: _RowMap) -> bytes:
+    """A table part after row removal: its ref, autofilter and sort state move or shrink."""
+    m = re.search(rb"<([A-Za-z_][\w.-]*:)?table\b[^>]*>", xml)
+    if not m:
+        raise _damaged(pkg.path, f"table part {part} has no <table> element")
+    prefix = m.group(1) or b""
+    tag = m.group(0)
+    name = _get_attr(tag, b"displayName") or _get_attr(tag, b"name") or part
+    ref = _get_attr(tag, b"ref")
+    if not ref:
+        raise _damaged(pkg.path, f"table {name!r} has no range")
+    rg = _Range.parse(ref)
+    if rg.r2 < rows.first:
+        return xml
+    header = (_get_attr(tag, b"headerRowCount") or "1") != "0"
+    totals = int(_get_attr(tag, b"totalsRowCount") or "0")
+    if header and rg.r1 in rows.dset:
+        raise Refused(f"row {rg.r1} is the header row of table {name!r}; sop does not remove it",
+                      detail="Remove the row in Excel instead.")
+    if totals and any(r in rows.dset for r in range(rg.r2 - totals + 1, rg.r2 + 1)):
+        raise Refused(f"row {rg.r2} is the total row of table {name!r}; sop does not remove it",
+                      detail="Remove the row in Excel instead.")
+    sp = rows.span(rg.r1, rg.r2)
+    if sp is None:   # a table without a header row lost every row
+        raise Refused(f"removing these rows would remove all of table {name!r}",
+                      detail="Remove the rows in Excel instead.")
+    top = sp[0]
+    bottom = sp[1]
+    minimum = top + (1 if header else 0) + totals
+    if bottom < minimum:  # no data row left: Excel keeps one empty data row
+        bottom = minimum
+    new_ref = str(_Range(rg.c1, top, rg.c2, bottom))
+    out = xml[:m.start()] + _set_attr(tag, b"ref", new_ref) + xml[m.end():]
+
+    def fix(el: re.Match[bytes]) -> bytes:
+        t = el.group(0)
+        v = _get_attr(t, b"ref")
+        if not v:
+            return t
+        if v == ref:
+            return _set_attr(t, b"ref", new_ref)
+        nv = rows.range(v)
+        return _set_attr(t, b"ref", nv) if nv else t
+    for name_ in (b"autoFilter", b"sortState", b"sortCondition"):
+        out = _tag_re(prefix, name_).sub(fix, out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Removing rows: the rows themselves
+
+
+class _RowShifter:
+    """Rewrites the sheetData body chunk by chunk: drops removed rows, renumbers, fixes formulas.
+
+    Shared formulas are written out as one formula per cell (each translated to its cell, then
+    shifted): after a removal a group's cells no longer stand in the same relation to each other.
+    """
+
+    def __init__(self, pkg: _Package, sx: _Sx, rows: _RowMap, own: str) -> None:
+        self.pkg, self.sx, self.rows, self.own = pkg, sx, rows, own
+        p = re.escape(sx.prefix)
+        self.renum_re = re.compile(rb"(<" + p + rb'(?:row|c) r="[A-Za-z]*)\d+"')
+        self.f_tag = b"<" + sx.prefix + b"f"
+        self.f_re = re.compile(rb"<" + p + rb"f(\s[^>]*)?(?:/>|>(.*?)</" + p + rb"f>)", re.S)
+        self.shared: dict[str, tuple[int, int, str]] = {}
+        self.orphans: set[str] = set()
+
+    def chunk(self, chunk: bytes) -> bytes:
+        sx, rows = self.sx, self.rows
+        has_f = self.f_tag in chunk
+        if not has_f:
+            last = sx.row_num_re.findall(chunk)
+            if not last or int(last[-1]) < rows.first:
+                return chunk
+        out: list[bytes] = []
+        pos = 0
+        for r, s0, _s1, e in _row_spans(chunk, sx):
+            assert r is not None
+            out.append(chunk[pos:s0])
+            pos = e
+            xml = chunk[s0:e]
+            new = rows.row(r)
+            if new is None:
+                if has_f and self.f_tag in xml:
+                    self.formulas(xml, r, None)
+                continue
+            if new != r:
+                nb = str(new).encode()
+                xml = self.renum_re.sub(lambda m, nb=nb: m.group(1) + nb + b'"', xml)
+            if has_f and self.f_tag in xml:
+                xml = self.formulas(xml, r, new)
+            out.append(xml)
+        out.append(chunk[pos:])
+        return b"".join(out)
+
+    def formulas(self, row_xml: bytes, r: int, new: int | None) -> bytes:
+        """Rewrite the formulas of one row (old number ``r``); ``new`` None: the row goes away."""
+        sx = self.sx
+
+        def cell(m: re.Match[bytes]) -> bytes:
+            c_xml = m.group(0)
+            if self.f_tag not in c_xml:
+                return c_xml
+            rm = sx.cell_r_re.search(m.group(1) or b"")
+            if not rm:
+                raise _damaged(self.pkg.path, f"row {r} has a formula cell without an r attribute")
+            col = col_index(rm.group(1))
+            return self.f_re.sub(lambda fm: self.formula(fm, r, col, new), c_xml, count=1)
+        return sx.cell_re.sub(cell, row_xml)
+
+    def formula(self, fm: re.Match[bytes], r: int, col: int, new: int | None) -> bytes:
+        attrs = fm.group(1) or b""
+        raw = fm.group(2)
+        text = _xml_text(raw, xesc=False) if raw else ""
+        t = _get_attr(attrs, b"t") or "normal"
+        where = f"{col_letters(col)}{r}"
+        if t == "dataTable":
+            raise _damaged(self.pkg.path, f"cell {where} is part of a data table, which sop cannot move",
+                           "Remove the row in Excel instead.")
+        if t == "shared":
+            si = _get_attr(attrs, b"si") or ""
+            if _get_attr(attrs, b"ref") is not None or si not in self.shared:
+                if not text:
+                    raise _damaged(self.pkg.path, f"cell {where} uses shared formula {si} before its master")
+                self.shared[si] = (r, col, text)
+            else:
+                mr, mc, mtext = self.shared[si]
+                text = translate_formula(mtext, r - mr, col - mc)
+            attrs = _drop_attrs(attrs, (b"t", b"ref", b"si"))
+        elif t == "array":
+            ref = _get_attr(attrs, b"ref")
+            if ref:
+                rg = _Range.parse(ref)
+                cut = [x for x in range(rg.r1, rg.r2 + 1) if x in self.rows.dset]
+                if cut and len(cut) != rg.r2 - rg.r1 + 1:
+                    raise _damaged(self.pkg.path, f"removing row {cut[0]} would cut the array formula in {ref}",
+                                   "Remove the row in Excel instead (it asks what to do with the array).")
+                nref = self.rows.range(ref)
+                if nref and nref != ref:
+                    attrs = _set_attr(attrs, b"ref", nref)
+        if new is None:
+            return fm.group(0)
+        new_text = shift_formula(text, self.rows, self.own) if text else text
+        if new_text == text and attrs == (fm.group(1) or b""):
+            return fm.group(0)
+        p = self.sx.prefix
+        return b"<" + p + b"f" + attrs + b">" + _escape_xml(new_text).encode("utf-8") + b"</" + p + b"f>"
+
+
+def _escape_xml(s: str) -> str:
+    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return s.replace("\r", "&#13;")
+
+
+def _drop_attrs(attrs: bytes, names: tuple[bytes, ...]) -> bytes:
+    for n in names:
+        attrs = _attr_re(n).sub(b"", attrs, count=1)
+    return attrs
+
+
+def _open_sheetdata(seg: _Segments, sx: _Sx) -> tuple[bytes, bytes]:
+    """Head and tail with ``<sheetData/>`` spelled as an open and a close tag."""
+    if not seg.selfclosing:
+        return seg.head, seg.tail
+    head = re.sub(rb"\s*/>\Z", b">", seg.head)
+    return head, b"</" + sx.prefix + b"sheetData>" + seg.tail
+
+
+def _drop_calc_chain(pkg: _Package, replace: dict[str, Replacement], drop: set[str]) -> None:
+    """Remove xl/calcChain.xml with its content-type override and relationship (Excel rebuilds it)."""
+    rels = [r for r in pkg.workbook_rels if r.type == REL_CALC_CHAIN and not r.external]
+    if not rels:
+        return
+    part = rels[0].target
+    drop.add(part)
+    ct = pkg.read("[Content_Types].xml")
+    ct_new = re.sub(rb"<([\w.-]+:)?Override\b[^>]*?PartName\s*=\s*[\"']/" + re.escape(part.encode())
+                    + rb"[\"'][^>]*?(?:/>|>\s*</\1?Override>)", b"", ct, flags=re.I)
+    if ct_new != ct:
+        replace["[Content_Types].xml"] = ct_new
+    rels_part = _rels_name(pkg.workbook_part)
+    wr = pkg.read(rels_part)
+    ids = {r.rid for r in rels}
+
+    def keep(m: re.Match[bytes]) -> bytes:
+        return b"" if (_get_attr(m.group(0), b"Id") or "") in ids else m.group(0)
+    wr_new = re.sub(rb"<([\w.-]+:)?Relationship\b[^>]*?(?:/>|>\s*</\1?Relationship>)", keep, wr)
+    if wr_new != wr:
+        replace[rels_part] = wr_new
+
+
 def remove_rows(path: str | os.PathLike[str], worksheet: str | None, numbers: list[int]) -> None:
-    raise NotImplementedError
+    """Remove rows like Excel's Delete Row: rows below move up, with every range in the sheet.
+
+    See the module docstring for what moves and what is left as it is.
+
+    Raises:
+        Refused: a row number is not a row, or the removal would take a table's header or total row.
+        SheetDamaged: the workbook cannot be edited safely; it is left untouched.
+        PermissionError: the file cannot be replaced (locked); it is left untouched.
+    """
+    for n in numbers:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_ROW:
+            raise Refused(f"{n!r} is not a row number (1..{MAX_ROW:,})")
+    if not numbers:
+        return
+    rows = _RowMap(numbers)
+    pkg = _Package(path)
+    try:
+        info = pkg.sheet(worksheet)
+        scan = _scan(pkg, info.part)
+        sx = scan.sx
+        head, tail = _open_sheetdata(scan.seg, sx)
+        head, tail = _remove_outside_rows(pkg, head, tail, rows, info.name)
+        replace: dict[str, Replacement] = {}
+        drop: set[str] = set()
+        for tpart in _sheet_tables(pkg, info.part):
+            txml = pkg.read(tpart)
+            new = _shift_table(pkg, tpart, txml, rows)
+            if new != txml:
+                replace[tpart] = new
+        _drop_calc_chain(pkg, replace, drop)
+        shifter = _RowShifter(pkg, sx, rows, info.name)
+
+        def body() -> Iterator[bytes]:
+            yield head
+            seg2 = _Segments()
+            total = 0
+            for chunk in _iter_sheet(pkg, info.part, False, seg2):
+                total += len(chunk)
+                yield shifter.chunk(chunk)
+            if total != scan.body_len:
+                raise _damaged(pkg.path, f"{info.part} changed while it was being rewritten")
+            yield tail
+
+        replace[info.part] = body
+
+        def write(f: BinaryIO) -> None:
+            try:
+                _write_package(pkg, f, replace, drop)
+            finally:
+                pkg.close()
+
+        fsops.atomic_write(path, write)
+    finally:
+        pkg.close()

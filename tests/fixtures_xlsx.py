@@ -184,3 +184,29 @@ def openpyxl_values(path: Path, sheet: str | None = None) -> dict[str, Any]:
     wb = openpyxl.load_workbook(path)
     ws = wb[sheet] if sheet else wb.worksheets[0]
     return {c.coordinate: c.value for row in ws.iter_rows() for c in row if c.value is not None}
+
+
+def patch_member(path: Path, name: str, fn: Any, *, add: dict[str, bytes] | None = None) -> None:
+    """Rewrite one zip member with ``fn(bytes) -> bytes`` (and add members) to craft odd workbooks."""
+    with zipfile.ZipFile(path) as z:
+        items = [(i, z.read(i.filename)) for i in z.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for info, data in items:
+            z.writestr(info, fn(data) if info.filename == name else data, zipfile.ZIP_DEFLATED)
+        for n, data in (add or {}).items():
+            z.writestr(n, data)
+
+
+def add_calc_chain(path: Path) -> None:
+    """Give a workbook an xl/calcChain.xml, as Excel keeps one for workbooks with formulas."""
+    ct = "application/vnd.openxmlformats-officedocument.spreadsheetml.calcChain+xml"
+    rel = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/calcChain"
+    patch_member(path, "[Content_Types].xml",
+                 lambda b: b.replace(b"</Types>", f'<Override PartName="/xl/calcChain.xml" ContentType="{ct}"/>'
+                                     f"</Types>".encode()))
+    patch_member(path, "xl/_rels/workbook.xml.rels",
+                 lambda b: b.replace(b"</Relationships>", f'<Relationship Id="rId99" Type="{rel}" '
+                                     f'Target="calcChain.xml"/></Relationships>'.encode()),
+                 add={"xl/calcChain.xml": b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+                      b'<calcChain xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+                      b'<c r="G2" i="1"/></calcChain>'})
