@@ -58,6 +58,27 @@ each transaction still open at its end, so a writer reads the checkpoint and
 the segments after it, never the whole history.  A missing or unusable
 checkpoint only costs time: the journal is replayed from the start.
 
+Index
+=====
+``.sop/cache/index/<segment name>.json`` (written when a segment is sealed,
+after the checkpoint; rebuilt by ``sop-log`` when missing)::
+
+    {"version":1,"segment":…,"bytes":…,"sha256":…,
+     "txids":{"<txid>":["<strategy key>",…],…},
+     "runs":{"<txid>":["<run id key>",…],…}}
+
+``txids`` lists every transaction with a record in the segment, with the
+comparison keys (:func:`journal.names.key`) of the strategies those records
+name; ``runs`` the run ids that a sweep's records name (see :func:`named`:
+a ``begin``'s strategy; in a sweep's ``plan``, ``remove_row``, ``delete``
+or ``rename``, ``strategy``/``run_id`` values and ``backtests/<name>`` or
+``runs/<name>`` paths, ``<name>_FAILED_<ts>`` counting as ``<name>``).  It
+lets ``sop-log --strategy``/``TXID`` and :func:`find_transaction` read only
+the segments that matter.  It is never needed for correctness: an index whose ``bytes``
+or ``sha256`` differs from the checkpoint's entry is ignored and the
+segment read instead, and every segment read is verified (a sealed one also
+against its checkpoint digest).  Deleting ``.sop/cache/`` only costs time.
+
 Record types
 ============
 A transaction's state is a pure function of its records (STYLE §5):
@@ -87,7 +108,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,7 +116,7 @@ from typing import Any
 
 import msgspec
 
-from . import fsops
+from . import fsops, names
 from .errors import JournalDamaged, WrongState
 from .owner import Owner, username
 from .workspace import Workspace
@@ -322,13 +343,15 @@ def segment_files(journal_dir: Path) -> list[Path]:
 
 
 def read_segment(path: Path, *, expect_seq: int, expect_hash: str, newest: bool,
-                 on_record: Any = None) -> tuple[int, str, Torn | None]:
+                 on_record: Any = None, data: bytes | None = None) -> tuple[int, str, Torn | None]:
     """Verify one segment; call ``on_record(rec)`` for each good record.
 
     Returns (last seq, last hash, torn tail or None).  Raises JournalDamaged
     naming the first damaged record (segment, line and sequence number).
+    ``data`` is the segment's bytes when the caller has read them already.
     """
-    data = path.read_bytes()
+    if data is None:
+        data = path.read_bytes()
     pos = 0
     lineno = 0
     seq, h = expect_seq - 1, expect_hash
@@ -361,10 +384,17 @@ def read_segment(path: Path, *, expect_seq: int, expect_hash: str, newest: bool,
     return seq, h, None
 
 
-def _load_checkpoint(ws: Workspace, segs: list[Path]) -> Checkpoint | None:
+def read_checkpoint(ws: Workspace) -> Checkpoint | None:
+    """The checkpoint as written, or None when it is missing or does not decode (it only saves time)."""
     try:
-        cp = _decode_checkpoint(ws.checkpoint_path.read_bytes())
+        return _decode_checkpoint(ws.checkpoint_path.read_bytes())
     except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _load_checkpoint(ws: Workspace, segs: list[Path]) -> Checkpoint | None:
+    cp = read_checkpoint(ws)
+    if cp is None:
         return None
     names = {p.name: p for p in segs}
     for s in cp.segments:
@@ -425,6 +455,222 @@ def iter_records(ws: Workspace) -> Iterator[Record]:
         seq, h, _ = read_segment(p, expect_seq=seq + 1, expect_hash=h, newest=i == len(segs) - 1,
                                  on_record=batch.append)
         yield from batch
+
+
+# ---------------------------------------------------------------- the index of sealed segments
+
+INDEX_VERSION = 1
+_NAMING_TYPES = frozenset({"begin", "plan", "remove_row", "delete", "rename"})
+_PATH_KEYS = frozenset({"path", "src", "dst", "strategydir", "rundir"})
+
+
+class SegmentIndex(msgspec.Struct, kw_only=True):
+    """Which transactions a segment holds, and the strategies and runs they name (see *Index*)."""
+
+    version: int = INDEX_VERSION
+    segment: str
+    bytes: int
+    sha256: str
+    txids: dict[str, list[str]] = {}
+    runs: dict[str, list[str]] = {}
+
+
+class _Slim(msgspec.Struct, kw_only=True):
+    txid: str = ""
+    type: str = ""
+    data: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+_decode_slim = msgspec.json.Decoder(_Slim).decode
+_decode_index = msgspec.json.Decoder(SegmentIndex).decode
+
+
+def _norm_header(k: str) -> str:
+    return k.casefold().replace(" ", "").replace("_", "").replace("-", "")
+
+
+def _collect_names(obj: Any, key: str, strategies: set[str], runs: set[str]) -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k != "files":                     # a deleted folder's file list names files, not strategies
+                _collect_names(v, _norm_header(str(k)), strategies, runs)
+    elif isinstance(obj, list):
+        for v in obj:
+            _collect_names(v, key, strategies, runs)
+    elif isinstance(obj, str) and obj:
+        if key == "strategy":
+            strategies.add(names.key(obj))
+        elif key == "runid":
+            runs.add(names.key(obj))
+        elif key in _PATH_KEYS:
+            top, _, part = obj.partition("/")
+            part = part.split("/")[0]
+            m = names.FAILED_RE.match(part)
+            base = names.key(m["base"] if m else part)
+            if part and top == "backtests":
+                strategies.add(base)
+            elif part and top == "runs":
+                runs.add(base)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool) and key == "runid":
+        runs.add(names.key(names.cell_text(obj)))
+
+
+def named(type_: str, data: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """Comparison keys of the strategies and the run ids a record names.
+
+    A ``begin`` names its strategy (its run is its own); a sweep's ``plan``,
+    ``remove_row``, ``delete`` and ``rename`` name those their steps touch:
+    ``strategy``/``run_id`` values, and ``backtests/<name>`` or
+    ``runs/<name>`` paths (``<name>_FAILED_<ts>`` counts as ``<name>``).
+    """
+    strategies: set[str] = set()
+    runs: set[str] = set()
+    if type_ == "begin":
+        if isinstance(data.get("strategy"), str) and data["strategy"]:
+            strategies.add(names.key(data["strategy"]))
+    elif type_ in _NAMING_TYPES:
+        _collect_names(data, "", strategies, runs)
+    return strategies, runs
+
+
+def build_index(name: str, data: bytes, sha256: str = "") -> SegmentIndex:
+    """Index one segment's bytes; lines that do not decode (a torn tail) are skipped."""
+    txids: dict[str, set[str]] = {}
+    runs: dict[str, set[str]] = {}
+    for line in data.split(b"\n"):
+        if not line:
+            continue
+        try:
+            slim = _decode_slim(line)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        keys = txids.setdefault(slim.txid, set())
+        if slim.type in _NAMING_TYPES:
+            try:
+                d = msgspec.json.decode(slim.data)
+            except msgspec.DecodeError:
+                continue
+            if isinstance(d, dict):
+                s, r = named(slim.type, d)
+                keys |= s
+                if r:
+                    runs.setdefault(slim.txid, set()).update(r)
+    return SegmentIndex(segment=name, bytes=len(data), sha256=sha256,
+                        txids={t: sorted(k) for t, k in txids.items()},
+                        runs={t: sorted(k) for t, k in runs.items()})
+
+
+def index_path(ws: Workspace, segment: str) -> Path:
+    return ws.cache_dir / "index" / f"{segment}.json"
+
+
+def read_index(ws: Workspace, seg: Segment) -> SegmentIndex | None:
+    """The index of a sealed segment, or None when it is missing, unreadable or not of these bytes."""
+    try:
+        idx = _decode_index(index_path(ws, seg.name).read_bytes())
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if idx.version != INDEX_VERSION or idx.segment != seg.name or idx.bytes != seg.bytes or idx.sha256 != seg.sha256:
+        return None
+    return idx
+
+
+def write_index(ws: Workspace, idx: SegmentIndex) -> None:
+    """Best effort: the index only saves time, so failing to write it is not an error."""
+    try:
+        path = index_path(ws, idx.segment)
+        if not path.parent.is_dir():
+            fsops.mkdir(path.parent, parents=True, exist_ok=True)
+        fsops.atomic_write(path, msgspec.json.encode(idx))
+    except OSError:
+        pass
+
+
+@dataclass
+class IndexedSegment:
+    path: Path
+    entry: Segment | None          # the checkpoint's entry when the segment is sealed
+    index: SegmentIndex
+    newest: bool
+    data: bytes | None = None      # kept when the segment was read to index it
+
+
+def indexed_segments(ws: Workspace, *, update_index: bool = True) -> list[IndexedSegment]:
+    """Every segment with its index: the stored one when it matches the checkpoint, else built by reading it.
+
+    Missing indexes of sealed segments are written when ``update_index``.
+    """
+    cp = read_checkpoint(ws)
+    sealed = {s.name: s for s in cp.segments} if cp is not None else {}
+    segs = segment_files(ws.journal_dir)
+    out: list[IndexedSegment] = []
+    for i, p in enumerate(segs):
+        entry = sealed.get(p.name)
+        idx = read_index(ws, entry) if entry is not None else None
+        data = None
+        if idx is None:
+            data = p.read_bytes()
+            digest = hashlib.sha256(data).hexdigest() if entry is not None else ""
+            idx = build_index(p.name, data, digest)
+            if update_index and entry is not None and digest == entry.sha256 and len(data) == entry.bytes:
+                write_index(ws, idx)
+        out.append(IndexedSegment(p, entry, idx, i == len(segs) - 1, data))
+    return out
+
+
+def read_indexed(segs: list[IndexedSegment], want: Collection[str]) -> list[Record]:
+    """The records of the transactions ``want``, oldest first, from the segments whose index names them.
+
+    Each segment read is verified on its own — sums, sequence and chain
+    within it, and a sealed one against its checkpoint digest; ``sop-fsck``
+    verifies the chain across all of them.
+    """
+    want = set(want)
+    out: list[Record] = []
+    for s in segs:
+        if not want.intersection(s.index.txids):
+            continue
+        data = s.data if s.data is not None else s.path.read_bytes()
+        e = s.entry
+        if e is not None and (len(data) != e.bytes or hashlib.sha256(data).hexdigest() != e.sha256):
+            raise JournalDamaged(f"journal damaged: segment {s.path.name} does not match its digest in the "
+                                 "checkpoint", detail="A sealed segment was changed; run 'sop-fsck' for details.")
+        first_nl = data.find(b"\n")
+        head = verify_line(data[:first_nl]) if first_nl > 0 else None
+        batch: list[Record] = []
+        read_segment(s.path, expect_seq=_segment_first(s.path), expect_hash=head.prev if head else GENESIS,
+                     newest=s.newest, data=data, on_record=lambda r, b=batch: b.append(r) if r.txid in want else None)
+        out.extend(batch)
+    return out
+
+
+def find_records(ws: Workspace, txids: Collection[str] = (), strategy: str | None = None, *,
+                 update_index: bool = True) -> list[Record]:
+    """The records of some transactions, oldest first, reading only the segments that hold them.
+
+    The transactions are ``txids`` and, with ``strategy``, its whole life:
+    every transaction with a record naming it (:func:`named`, compared by
+    :func:`journal.names.key`), and every sweep that names one of the run
+    ids of its runs.
+    """
+    segs = indexed_segments(ws, update_index=update_index)
+    want = set(txids)
+    if strategy is None:
+        return read_indexed(segs, want)
+    skey = names.key(strategy)
+    want |= {t for s in segs for t, keys in s.index.txids.items() if skey in keys}
+    recs = read_indexed(segs, want)
+    rkeys = {names.key(str(r.data.get("run_id", ""))) for r in recs
+             if r.type == "begin" and names.key(str(r.data.get("strategy", ""))) == skey}
+    more = {t for s in segs for t, keys in s.index.runs.items() if rkeys.intersection(keys)} - want
+    if more:
+        recs = sorted([*recs, *read_indexed(segs, more)], key=lambda r: r.seq)
+    return recs
+
+
+def strategies_named(type_: str, data: dict[str, Any]) -> set[str]:
+    """Comparison keys of the strategies a record names (see :func:`named`)."""
+    return named(type_, data)[0]
 
 
 class Writer:
@@ -492,26 +738,30 @@ class Writer:
         cp = self.j.checkpoint or Checkpoint()
         segs = list(cp.segments)
         covered = {s.name for s in segs}
+        indexes: list[SegmentIndex] = []
         for p in segment_files(self.ws.journal_dir):
             if p.name in covered:
                 continue
             data = p.read_bytes()
             count = data.count(b"\n")
+            digest = hashlib.sha256(data).hexdigest()
             segs.append(Segment(name=p.name, first=_segment_first(p), last=_segment_first(p) + count - 1,
-                                bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
+                                bytes=len(data), sha256=digest))
+            indexes.append(build_index(p.name, data, digest))
         open_states = {k: v for k, v in self.j.states.items() if v.state in OPEN_STATES}
         new = Checkpoint(seq=self.j.seq, hash=self.j.hash, segments=segs, open=open_states)
         fsops.atomic_write(self.ws.checkpoint_path, msgspec.json.encode(new))
         self.j.checkpoint = new
         self.j.states = {k: msgspec.structs.replace(v) for k, v in open_states.items()}
+        for idx in indexes:                      # after the checkpoint: an index is valid only for sealed bytes
+            write_index(self.ws, idx)
 
 
 def find_transaction(ws: Workspace, txid: str, loaded: Loaded) -> TxState | None:
-    """A transaction's state: from the loaded tail, else by reading the whole history."""
+    """A transaction's state: from the loaded tail, else from the segments that hold its records (index)."""
     if txid in loaded.states:
         return loaded.states[txid]
     states: dict[str, TxState] = {}
-    for rec in iter_records(ws):
-        if rec.txid == txid:
-            apply(states, rec)
+    for rec in find_records(ws, (txid,)):
+        apply(states, rec)
     return states.get(txid)
