@@ -41,7 +41,7 @@ Writing (:func:`append_rows`, :func:`remove_rows`)
 Appending
     Rows go after the last row that holds content — a non-empty value, an
     inline string, or any formula (a formula is never overwritten, even one
-    with no cached value).  Empty but formatted ``<row>`` elements below
+    with no cached value) — and below any merged range they would overlap.  Empty but formatted ``<row>`` elements below
     that row are merged with the new rows (their attributes and the style of
     the empty cell a value lands in are kept), so row numbers stay unique
     and ascending.  Ranges grow: the dimension, and every table or
@@ -1394,7 +1394,7 @@ def append_rows(path: str | os.PathLike[str], worksheet: str | None,
         info = pkg.sheet(worksheet)
         scan = _scan(pkg, info.part)
         sx = scan.sx
-        first = scan.last_content_row + 1
+        first = _clear_of_merges(scan.seg.tail, sx, scan.last_content_row + 1, len(rows))
         numbers = list(range(first, first + len(rows)))
         if numbers[-1] > MAX_ROW:
             raise Refused(f"the Master Sheet is full: row {numbers[-1]} is past Excel's last row {MAX_ROW:,}")
@@ -1447,6 +1447,26 @@ def append_rows(path: str | os.PathLike[str], worksheet: str | None,
         return numbers
     finally:
         pkg.close()
+
+
+def _clear_of_merges(tail: bytes, sx: _Sx, first: int, count: int) -> int:
+    """The first row from ``first`` where ``count`` new rows overlap no merged range (they would hide)."""
+    spans = []
+    for m in re.finditer(rb"<" + re.escape(sx.prefix) + rb"mergeCell\b[^>]*>", tail):
+        ref = _get_attr(m.group(0), b"ref")
+        try:
+            rg = _Range.parse(ref or "")
+        except ValueError:
+            continue
+        spans.append((rg.r1, rg.r2))
+    moved = True
+    while moved:
+        moved = False
+        for r1, r2 in spans:
+            if r1 <= first + count - 1 and r2 >= first:
+                first = r2 + 1
+                moved = True
+    return first
 
 
 def _grow_table(pkg: _Package, part: str, xml: bytes, anchor: int, cols: tuple[int, int], new_last: int) -> bytes:

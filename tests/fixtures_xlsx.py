@@ -58,12 +58,14 @@ def openpyxl_book(path: Path, rows: list[list[Any]] | None = None, *, header_row
 VBA_BIN = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(range(256)) * 4   # any bytes: nobody runs it
 
 
-def decorated_book(path: Path, *, with_table: bool = True, n: int = 6, vba: bool = False) -> Path:
+def decorated_book(path: Path, *, with_table: bool = True, n: int = 6, vba: bool = False,
+                   below: bool = True) -> Path:
     """The Master Sheet as people decorate it: every feature the writer must keep or move.
 
     Master (first sheet): header in row 1, ``n`` data rows, a table (or an autofilter) over them,
     frozen panes, data validation, conditional formatting (a cell rule and a 2010 data bar),
-    a comment, merged cells in and below the data, hyperlinks, a same-sheet formula column.
+    a comment, merged cells in the data, hyperlinks, a same-sheet formula column; with ``below``
+    also a link in the row after the data and a merged note three rows further down.
     Summary (second sheet): formulas on Master with cached values, a chart, sparklines.
     Workbook: defined names; optionally a VBA project (.xlsm).
     """
@@ -86,7 +88,8 @@ def decorated_book(path: Path, *, with_table: bool = True, n: int = 6, vba: bool
     if with_table:
         ws.add_table(0, 0, n, len(HEADERS), {
             "name": "Runs",
-            "columns": [{"header": h} for h in HEADERS] + [{"header": "Double", "formula": "=[@Trades]*2"}],
+            "columns": [{"header": h} for h in HEADERS]
+            + [{"header": "Double", "formula": "=Runs[[#This Row],[Trades]]*2"}],
             "data": rows,
         })
     else:
@@ -100,10 +103,12 @@ def decorated_book(path: Path, *, with_table: bool = True, n: int = 6, vba: bool
     ws.conditional_format(1, 4, n, 4, {"type": "cell", "criteria": ">", "value": 1, "format": bold})
     ws.conditional_format(1, 5, n, 5, {"type": "data_bar", "data_bar_2010": True})
     ws.write_comment(2, 0, "first strategy worth keeping")
-    ws.merge_range(last + 3, 0, last + 4, 2, "merged note below the data")
+    ws.merge_range(2, 7, 3, 7, "merged H3:H4")                                # merged cells in the data
     ws.write_url(1, 8, "https://example.com/a", string="link a")              # I2
-    ws.write_url(last - 1, 8, "https://example.com/z", string="link z")       # I<last-1>
-    ws.write_url(last, 8, "internal:Summary!A1", string="to summary")         # I<last>
+    ws.write_url(last - 1, 8, "https://example.com/z", string="link z")       # I<last>
+    if below:
+        ws.write_url(last, 8, "internal:Summary!A1", string="to summary")     # I<last + 1>
+        ws.merge_range(last + 3, 0, last + 4, 2, "merged note below the data")  # A<last+4>:C<last+5>
     for i, row in enumerate(rows, start=2):
         summary.write_formula(i - 2, 0, f"=Master!F{i}*3", None, row[5] * 3)
     summary.write_formula(n, 0, f"=SUM(Master!F2:F{last})", None, sum(r[5] for r in rows))

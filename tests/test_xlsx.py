@@ -327,3 +327,33 @@ def test_create_workbook_refuses_to_overwrite(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         xlsx.create_workbook(path, ["Strategy", "RunID"])
     assert path.read_bytes() == raw
+
+
+PREFIXED = (b'<?xml version="1.0" encoding="utf-8"?>'
+            b'<x:worksheet xmlns:x="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+            b'<x:dimension ref="A1:B3"/><x:sheetData>'
+            b'<x:row r="1"><x:c r="A1" t="inlineStr"><x:is><x:t>Strategy</x:t></x:is></x:c>'
+            b'<x:c r="B1" t="inlineStr"><x:is><x:t>Run ID</x:t></x:is></x:c></x:row>'
+            b'<x:row r="2"><x:c r="A2" t="inlineStr"><x:is><x:t>a</x:t></x:is></x:c><x:c r="B2"><x:v>1</x:v></x:c>'
+            b'</x:row><x:row r="3"><x:c r="A3" t="inlineStr"><x:is><x:t>b</x:t></x:is></x:c>'
+            b'<x:c r="B3"><x:f>B2+1</x:f><x:v>2</x:v></x:c></x:row>'
+            b"</x:sheetData></x:worksheet>")
+
+
+def test_prefixed_namespace_as_the_openxml_sdk_writes(tmp_path: Path) -> None:
+    from fixtures_xlsx import patch_member
+
+    path = xlsxwriter_book(tmp_path / "m.xlsx")
+    patch_member(path, SHEET, lambda b: PREFIXED)
+    t = xlsx.read_table(path)
+    assert t.columns == {"strategy": 1, "runid": 2}
+    assert [(r.number, r.values) for r in t.rows] == [(2, {1: "a", 2: 1}), (3, {1: "b", 2: 2})]
+    assert xlsx.append_rows(path, None, [{1: "c", 2: "r3"}]) == [4]
+    xml = members(path)[SHEET]
+    assert b'<x:row r="4"><x:c r="A4" t="inlineStr"><x:is><x:t xml:space="preserve">c</x:t></x:is></x:c>' in xml
+    assert b'<x:dimension ref="A1:B4"/>' in xml
+    xlsx.remove_rows(path, None, [2])
+    assert b"<x:f>#REF!+1</x:f>" in members(path)[SHEET]        # it referred to the removed row
+    assert openpyxl_values(path) == {"A1": "Strategy", "B1": "Run ID", "A2": "b", "B2": "=#REF!+1", "A3": "c",
+                                     "B3": "r3"}
+    assert calamine_rows(path)[2] == ["c", "r3"]
