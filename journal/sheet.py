@@ -148,6 +148,14 @@ def append(ws: Workspace, rows: list[dict[str, Any]]) -> list[int]:
     return xlsx.append_rows(ws.sheet, ws.config.worksheet or None, cells)
 
 
+def remove(ws: Workspace, numbers: list[int]) -> None:
+    """Remove rows by Excel row number in one rewrite (Excel's Delete Row: the rows below move up).
+
+    A PermissionError (the file is open elsewhere on Windows) propagates.
+    """
+    xlsx.remove_rows(ws.sheet, ws.config.worksheet or None, sorted(set(numbers)))
+
+
 def create(path: Path) -> None:
     os.makedirs(path.parent, exist_ok=True)
     xlsx.create_workbook(path, DEFAULT_HEADERS)

@@ -1,0 +1,888 @@
+r"""Task module: ``sop-sweep`` — the janitor that compares the Master Sheet with the disk (SPEC §5).
+
+What it does
+============
+1. With ``fix``: :func:`journal.recovery.recover` first.  A dry run asks
+   :func:`journal.recovery.plan` what recovery would do instead and reports
+   it as ``abandoned`` findings.
+2. Reads the sheet's ``Strategy`` and ``RunID`` columns, lists
+   ``backtests/`` and ``runs/`` with :func:`os.scandir` (never following a
+   link), reads ``run_metadata.json`` of every indexed strategy folder, and
+   classifies (see :data:`KINDS`).  Names compare with
+   :func:`journal.names.key`.  The sheet itself, Office/LibreOffice owner
+   files, sop's temporary files and the report are never artifacts; a folder
+   held by an open transaction is ``in_flight`` (``abandoned`` in a dry run
+   when recovery would act on it), never a zombie.
+3. With ``fix``: one journaled transaction, under the sheet-writer lock and
+   then the workspace lock (in that order), held from classification to
+   ``done``, so nobody begins a run between the look and the act.
+4. Writes the Markdown report (atomically) and returns a :class:`SweepResult`.
+
+The plan record
+===============
+A sweep's transaction has no ``begin``: its first record is ``plan``, whose
+``data`` is::
+
+    {"steps": [STEP, …], "owner": {"host", "pid", "start", "boot", "user"},
+     "zombie_action": "delete" | "quarantine", "sweep": 1}
+
+and each ``STEP`` is one of::
+
+    {"op": "remove_row", "row_number": N, "strategy": S, "run_id": R}
+    {"op": "delete", "path": "backtests/NAME", "finding": KIND}
+    {"op": "rename", "src": "runs/NAME", "dst": "runs/NAME_FAILED_<ts>", "finding": KIND}
+
+``finding`` is ``zombie_folder``, ``zombie_run`` or ``quarantined`` (a purge).
+Row steps come first (the sheet is the truth: a removed orphaned row's
+folders then become zombies, deleted by later steps of the same plan).
+Then, each announced by its own record before the act:
+
+``remove_row``  ``{"step": i, "row_number", "strategy", "run_id", "values": {header: value}}``
+                — one per planned row, all written before the single sheet
+                rewrite that removes them (Excel's Delete Row);
+``delete``      ``{"step": i, "path", "files": [[name, size], …], "finding"}``;
+``rename``      ``{"step": i, "src", "dst", "finding"}``;
+``done``        ``{"steps": n, "skipped": {i: why}}`` — the sweep is committed.
+
+Redo (:func:`finish_plan`, called by ``sop-recover`` for a sweep left
+``planned``) looks before it acts: a row is removed only while a row with
+the step's strategy *and* run id is on the sheet (matched by name, since row
+numbers shift); a folder is deleted only while it is still there, a real
+folder, not indexed again and not held by an open transaction; a rename
+happens only while ``src`` exists, to the announced ``dst`` when it is free.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from . import fsops, locks, names, sheet, wal
+from .errors import SheetLocked, UsageError
+from .owner import owner_of
+from .porcelain import PathArg, _locked, _now, _owner_dict, _quarantine_name, parse_duration
+from .workspace import Workspace, open_workspace
+
+KINDS = ("orphaned_row", "zombie_folder", "zombie_run", "identity_mismatch", "duplicate_row", "quarantined",
+         "in_flight", "abandoned", "unsafe_entry")
+BENIGN = frozenset({"quarantined", "in_flight", "abandoned"})     # never make --exit-code fail
+NEEDS_PERSON = ("duplicate_row", "identity_mismatch", "unsafe_entry")
+RECOVERY_OLDER_THAN = timedelta(hours=24)                          # sop-recover's default
+ZOMBIE_KINDS = ("zombie_folder", "zombie_run")
+REPORT_ONLY = "report only"
+CASCADE = "trust the sheet:"
+
+Progress = Callable[[str, int, int], None]
+"""``progress(phase, done, total)``: called now and then during long phases."""
+
+
+@dataclass
+class Finding:
+    """One thing the sweep found, and what it did or would do about it."""
+
+    kind: str
+    strategy: str = ""
+    run_id: str = ""
+    path: str = ""
+    action: str = ""
+    done: bool = False
+    detail: str = ""
+    row: int | None = None
+    steps: list[int] = field(default_factory=list, repr=False)   # the plan steps that fix it
+
+    def as_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        del d["steps"]
+        return d
+
+
+@dataclass
+class SweepResult:
+    """What a sweep found and did; ``remaining`` counts what makes ``--exit-code`` fail."""
+
+    dry_run: bool
+    when: str
+    root: str
+    findings: list[Finding]
+    report: str
+    txid: str | None = None
+    recovery: list[dict[str, Any]] = field(default_factory=list)
+    rows: int = 0
+    folders: int = 0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        c = dict.fromkeys(KINDS, 0)
+        for f in self.findings:
+            c[f.kind] = c.get(f.kind, 0) + 1
+        return c
+
+    @property
+    def remaining(self) -> list[Finding]:
+        return [f for f in self.findings if f.kind not in BENIGN and not f.done]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"findings": [f.as_json() for f in self.findings], "report": self.report, "txid": self.txid,
+                "dry_run": self.dry_run, "when": self.when, "root": self.root, "counts": self.counts,
+                "remaining": len(self.remaining), "recovery": self.recovery}
+
+
+# ---------------------------------------------------------------- scanning
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    what: str             # "dir", "link" or "file"
+
+
+def _scan(top: Path, skip: Callable[[str], bool]) -> tuple[list[_Entry], str | None]:
+    """The entries of ``backtests/`` or ``runs/``, without a stat per entry; (entries, why not entered)."""
+    try:
+        st = os.lstat(top)
+    except FileNotFoundError:
+        return [], "missing"
+    if stat.S_ISLNK(st.st_mode):
+        return [], "a symbolic link; not entered"
+    if not stat.S_ISDIR(st.st_mode):
+        return [], "a file, not a folder"
+    out: list[_Entry] = []
+    with os.scandir(top) as it:
+        for e in it:
+            if skip(e.name):
+                continue
+            if e.is_symlink():
+                out.append(_Entry(e.name, "link"))
+            elif e.is_dir(follow_symlinks=False):
+                out.append(_Entry(e.name, "dir"))
+            else:
+                out.append(_Entry(e.name, "file"))
+    return out, None
+
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+class _Identity(msgspec.Struct):
+    """The two keys of ``run_metadata.json`` the identity check needs (the rest is skipped, not decoded)."""
+
+    run_id: Any = None
+    strategy: Any = None
+
+
+_decode_identity = msgspec.json.Decoder(_Identity).decode
+
+
+def read_identity(path: str) -> tuple[_Identity | None, str]:
+    """``run_id`` and ``strategy`` of a ``run_metadata.json``, or None and why it cannot be read.
+
+    A link is not followed (``O_NOFOLLOW``); a broken file is reported, never a reason to delete.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW)
+    except FileNotFoundError:
+        return None, "run_metadata.json is missing"
+    except OSError as e:
+        if os.path.islink(path):
+            return None, "run_metadata.json is a symbolic link (not followed)"
+        return None, f"run_metadata.json cannot be read: {e.strerror}"
+    try:
+        chunks = [os.read(fd, 1 << 16)]
+        while len(chunks[-1]) == 1 << 16:
+            chunks.append(os.read(fd, 1 << 20))
+    except OSError as e:
+        return None, f"run_metadata.json cannot be read: {e.strerror}"
+    finally:
+        os.close(fd)
+    try:
+        return _decode_identity(b"".join(chunks) if len(chunks) > 1 else chunks[0]), ""
+    except msgspec.ValidationError:
+        return None, "run_metadata.json does not hold a JSON object"
+    except msgspec.DecodeError as e:
+        return None, f"run_metadata.json is not valid JSON ({e})"
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]{0,118}[A-Za-z0-9_\-])?\Z")
+
+
+def _unsafe(name: str) -> str | None:
+    """:func:`journal.names.unsafe_reason`, with a fast path for plain ASCII names (most of them)."""
+    if _PLAIN.match(name) and "_FAILED_" not in name and name.split(".", 1)[0].upper() not in names.RESERVED:
+        return None
+    return names.unsafe_reason(name)
+
+
+def _key(name: str) -> str:
+    """:func:`journal.names.key`; NFC leaves ASCII as it is."""
+    return name.casefold() if name.isascii() else names.key(name)
+
+
+# ---------------------------------------------------------------- classification
+
+@dataclass
+class _Plan:
+    findings: list[Finding] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    rows: int = 0
+    folders: int = 0
+
+    def add(self, f: Finding, *steps: dict[str, Any]) -> Finding:
+        for s in steps:
+            f.steps.append(len(self.steps))
+            self.steps.append(s)
+        self.findings.append(f)
+        return f
+
+
+@dataclass
+class _Holder:
+    """An open transaction that owns some folders, and what a dry run says recovery will do with it."""
+
+    tx: wal.TxState
+    kind: str             # "in_flight" or "abandoned"
+    action: str
+    detail: str
+
+
+def _holder(tx: wal.TxState, recovery_actions: dict[str, Any]) -> _Holder:
+    a = recovery_actions.get(tx.txid)
+    if a is not None:
+        return _Holder(tx, "abandoned", a.action, a.detail)
+    return _Holder(tx, "in_flight", "leave alone", "")
+
+
+def _holders(open_txs: Iterable[wal.TxState], recovery_actions: dict[str, Any],
+             ws: Workspace) -> tuple[dict[tuple[str, str], _Holder], dict[str, _Holder]]:
+    """Folders held by open transactions: by (top, name key), and by exact relative path."""
+    by_key: dict[tuple[str, str], _Holder] = {}
+    by_path: dict[str, _Holder] = {}
+    bt, rn = ws.rel(ws.backtests), ws.rel(ws.runs)
+    for tx in open_txs:
+        h = _holder(tx, recovery_actions)
+        if tx.kind == "run":
+            by_key[(bt, names.key(tx.strategy))] = h
+            by_key[(rn, names.key(tx.run_id))] = h
+        for dst in tx.renames.values():
+            by_path[dst] = h
+        for s in tx.plan:
+            for k in ("path", "src", "dst"):
+                if s.get(k):
+                    by_path[s[k]] = h
+    return by_key, by_path
+
+
+def _age(ts: str, now: datetime) -> timedelta | None:
+    try:
+        return now - names.parse_stamp(ts)
+    except ValueError:
+        return None
+
+
+def _fmt_age(d: timedelta) -> str:
+    s = int(d.total_seconds())
+    if s < 0:
+        return "in the future"
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s // n}{unit}"
+    return f"{s}s"
+
+
+def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], *, now: datetime,
+             recovery_actions: dict[str, Any] | None = None, purge_older_than: timedelta | None = None,
+             report_path: Path | None = None, progress: Progress | None = None) -> _Plan:
+    """Compare the sheet with ``backtests/`` and ``runs/``; the findings and the plan that fixes them.
+
+    Reads, never writes.  ``recovery_actions`` (txid -> recovery Action) turns
+    the held folders of those transactions into ``abandoned`` findings.
+    """
+    plan = _Plan(rows=len(view.rows))
+    tick = progress or (lambda phase, done, total: None)
+    bt_rel, rn_rel = ws.rel(ws.backtests), ws.rel(ws.runs)
+    sheet_name = ws.sheet.name if ws.sheet.parent == ws.backtests else None
+    report_names = {top: report_path.name for top in (ws.backtests, ws.runs)
+                    if report_path is not None and report_path.parent == top}
+
+    def skipper(top: Path) -> Callable[[str], bool]:
+        own = {n for n in (report_names.get(top), sheet_name if top == ws.backtests else None) if n}
+        return lambda n: n in own or (n[0] in "~." and (locks.is_owner_file_name(n) or fsops.is_temp_name(n)))
+
+    by_key, by_path = _holders(open_txs, recovery_actions or {}, ws)
+    holding: set[str] = set()                         # txids reported with a folder
+
+    def held(h: _Holder, path: str) -> None:
+        holding.add(h.tx.txid)
+        plan.add(Finding(h.kind, h.tx.strategy, h.tx.run_id, path, h.action, detail=_held_detail(h.tx, h.detail)))
+    tops: dict[str, dict[str, list[str]]] = {}        # top -> name key -> real folder names
+    unsafe: dict[tuple[str, str], Finding] = {}       # (top, key) -> the unsafe entry's finding
+    unchecked: dict[str, str] = {}                    # top -> why its rows cannot be checked
+    quarantined: list[tuple[str, str]] = []
+    for top, rel in ((ws.backtests, bt_rel), (ws.runs, rn_rel)):
+        tick(f"scanning {rel}/", 0, 0)
+        entries, why = _scan(top, skipper(top))
+        tops[rel] = {}
+        if why is not None:
+            unchecked[rel] = why
+            if why != "missing":
+                plan.add(Finding("unsafe_entry", path=rel, action=REPORT_ONLY, detail=f"{rel}/ is {why}"))
+            continue
+        plan.folders += len(entries)
+        folders = tops[rel]
+        for e in entries:
+            name = e.name
+            if e.what == "dir" and (reason := _unsafe(name)) is None:
+                k = _key(name)
+                if k in folders:
+                    folders[k].append(name)
+                else:
+                    folders[k] = [name]
+                continue
+            path = f"{rel}/{name}"
+            if e.what != "dir":
+                what = "a symbolic link (never followed)" if e.what == "link" else "a file, not a folder"
+                unsafe[(rel, _key(name))] = plan.add(
+                    Finding("unsafe_entry", path=path, action=REPORT_ONLY, detail=f"{path} is {what}"))
+            elif names.FAILED_RE.match(name):
+                quarantined.append((rel, name))
+            else:
+                unsafe[(rel, _key(name))] = plan.add(
+                    Finding("unsafe_entry", path=path, action=REPORT_ONLY,
+                            detail=f"sop would refuse the name {name!r}: {reason}"))
+
+    # ---- rows
+    by_s, by_r = view.by_strategy, view.by_run
+    bt_dir = os.fspath(ws.backtests)
+    indexed: dict[str, dict[str, str]] = {bt_rel: {}, rn_rel: {}}     # top -> key -> the exact name indexed
+    indexed_s, indexed_r = indexed[bt_rel], indexed[rn_rel]
+    protected: dict[str, set[str]] = {bt_rel: set(), rn_rel: set()}   # keys a person must look at first
+    cascade: dict[tuple[str, str], int] = {}                          # (top, key) -> orphaned row number
+
+    def folder_of(top: str, name: str, k: str, row: sheet.SheetRow) -> tuple[str | None, Finding | None]:
+        """The real folder a row names (None when missing), or the unsafe finding that stops the check."""
+        u = unsafe.get((top, k))
+        if u is not None:
+            u.strategy, u.run_id, u.row = row.strategy, row.run_id, row.number
+            u.detail += f"; row {row.number} names it, so the row is left alone"
+            return None, u
+        found = tops[top].get(k, [])
+        if len(found) > 1:
+            exact = [n for n in found if n == name]
+            if len(exact) != 1:
+                f = plan.add(Finding("unsafe_entry", row.strategy, row.run_id, f"{top}/{name}", REPORT_ONLY,
+                                     detail=f"row {row.number}: {len(found)} folders differ from {name!r} only "
+                                            f"in case ({', '.join(sorted(found))})", row=row.number))
+                return None, f
+            protected[top].add(k)
+            for other in found:
+                if other != name:
+                    plan.add(Finding("unsafe_entry", row.strategy, row.run_id, f"{top}/{other}", REPORT_ONLY,
+                                     detail=f"differs only in case from {top}/{name}, which row {row.number} "
+                                            "indexes", row=row.number))
+            return name, None
+        return (found[0] if found else None), None
+
+    n_rows = len(view.rows)
+    bt_folders, rn_folders = tops[bt_rel], tops[rn_rel]
+    for i, r in enumerate(view.rows):
+        if not i % 4096:
+            tick("checking rows", i, n_rows)
+        if not r.strategy and not r.run_id:
+            continue
+        sk, rk = _key(r.strategy), _key(r.run_id)
+        dup_s = len(by_s.get(sk, ())) > 1 if r.strategy else False
+        dup_r = len(by_r.get(rk, ())) > 1 if r.run_id else False
+        if dup_s or dup_r:
+            others = by_s[sk] if dup_s else by_r[rk]
+            what = f"strategy '{r.strategy}'" if dup_s else f"run id '{r.run_id}'"
+            plan.add(Finding("duplicate_row", r.strategy, r.run_id, f"{bt_rel}/{r.strategy}" if r.strategy else "",
+                             "none: a person decides; its rows and folders are left alone",
+                             detail=f"{what} is on rows {', '.join(str(o.number) for o in others)}",
+                             row=r.number))
+            protected[bt_rel].add(sk)
+            protected[rn_rel].add(rk)
+            continue
+        bad = [(what, v, why) for what, v in (("strategy", r.strategy), ("run id", r.run_id))
+               if (why := _unsafe(v)) is not None]
+        if bad:
+            what, v, why = bad[0]
+            plan.add(Finding("unsafe_entry", r.strategy, r.run_id, "", REPORT_ONLY,
+                             detail=f"row {r.number}: the {what} {v!r} is not a folder name sop accepts: {why}",
+                             row=r.number))
+            protected[bt_rel].add(sk)
+            protected[rn_rel].add(rk)
+            continue
+        if bt_rel in unchecked or rn_rel in unchecked:
+            protected[bt_rel].add(sk)
+            protected[rn_rel].add(rk)
+            continue                                   # reported once for the whole folder, below
+        found_s, found_r = bt_folders.get(sk), rn_folders.get(rk)
+        if found_s is not None and len(found_s) == 1 and (bt_rel, sk) not in unsafe:
+            sname: str | None = found_s[0]                # the common case, without a call
+        else:
+            sname, su = folder_of(bt_rel, r.strategy, sk, r)
+            if su is not None:
+                protected[bt_rel].add(sk)
+                protected[rn_rel].add(rk)
+                continue
+        if found_r is not None and len(found_r) == 1 and (rn_rel, rk) not in unsafe:
+            rname: str | None = found_r[0]
+        else:
+            rname, ru = folder_of(rn_rel, r.run_id, rk, r)
+            if ru is not None:
+                protected[bt_rel].add(sk)
+                protected[rn_rel].add(rk)
+                continue
+        if sname is not None:
+            _check_identity(plan, bt_rel, bt_dir, r, sname, rname is None)
+        if sname is None or rname is None:
+            missing = " and ".join(p for p, n in ((f"{bt_rel}/{r.strategy}/", sname), (f"{rn_rel}/{r.run_id}/", rname))
+                                   if n is None)
+            plan.add(Finding("orphaned_row", r.strategy, r.run_id, f"{bt_rel}/{r.strategy}", f"remove row {r.number}",
+                             detail=f"{missing} is missing", row=r.number),
+                     {"op": "remove_row", "row_number": r.number, "strategy": r.strategy, "run_id": r.run_id})
+            for top, n, k in ((bt_rel, sname, sk), (rn_rel, rname, rk)):
+                if n is not None:
+                    cascade[(top, k)] = r.number
+            continue
+        indexed_s[sk] = sname
+        indexed_r[rk] = rname
+
+    for top, why in unchecked.items():
+        if view.rows:
+            plan.add(Finding("unsafe_entry", path=top, action=REPORT_ONLY,
+                             detail=f"{top}/ is {why}: rows were not checked against the disk and nothing was "
+                                    "removed (is a drive not mounted?)"))
+
+    # ---- folders: zombies, and those held by open transactions
+    zombie_action = ws.config.zombie_action
+    for top, kind in ((bt_rel, "zombie_folder"), (rn_rel, "zombie_run")):
+        tick(f"checking {top}/", 0, 0)
+        for k, found in tops[top].items():
+            exact = indexed[top].get(k)
+            for name in found:
+                path = f"{top}/{name}"
+                h = by_key.get((top, k)) or by_path.get(path)
+                if h is not None:
+                    held(h, path)
+                    continue
+                if exact is not None or k in protected[top]:
+                    continue                            # indexed (a case twin was reported above)
+                n = cascade.get((top, k))
+                detail = (f"left behind by orphaned row {n}" if n is not None
+                          else f"no row has {'strategy' if kind == 'zombie_folder' else 'run id'} '{name}'")
+                step = _zombie_step(ws, top, name, kind, zombie_action, now)
+                plan.add(Finding(kind, name if kind == "zombie_folder" else "",
+                                 name if kind == "zombie_run" else "", path, _step_action(step),
+                                 detail=detail, row=n), step)
+
+    # ---- quarantined
+    for top, name in quarantined:
+        path = f"{top}/{name}"
+        h = by_path.get(path)
+        if h is not None:
+            held(h, path)
+            continue
+        m = names.FAILED_RE.match(name)
+        assert m is not None
+        age = _age(m["ts"], now)
+        base = m["base"]
+        s, rid = (base, "") if top == bt_rel else ("", base)
+        if age is None:
+            plan.add(Finding("quarantined", s, rid, path, "keep", detail="the timestamp in its name is not a date"))
+        elif purge_older_than is not None and age > purge_older_than:
+            plan.add(Finding("quarantined", s, rid, path, "delete",
+                             detail=f"quarantined {_fmt_age(age)} ago (older than {_fmt_age(purge_older_than)})"),
+                     {"op": "delete", "path": path, "finding": "quarantined"})
+        else:
+            young = f" (not older than {_fmt_age(purge_older_than)})" if purge_older_than is not None else ""
+            plan.add(Finding("quarantined", s, rid, path, "keep", detail=f"quarantined {_fmt_age(age)} ago{young}"))
+
+    # ---- open transactions that hold nothing on disk are still reported (a planned sweep, say)
+    for tx in open_txs:
+        if tx.txid not in holding:
+            h = _holder(tx, recovery_actions or {})
+            plan.add(Finding(h.kind, tx.strategy, tx.run_id, "", h.action, detail=_held_detail(tx, h.detail)))
+
+    # ---- an identity mismatch whose row is orphaned is fixed by the row's and the folder's steps
+    cascaded = {f.row: f.steps for f in plan.findings if f.kind in ("orphaned_row", "zombie_folder") and f.row}
+    for f in plan.findings:
+        if f.kind == "identity_mismatch" and f.row in cascaded and f.action.startswith(CASCADE):
+            f.steps = [i for g in plan.findings if g.row == f.row and g.kind in ("orphaned_row", "zombie_folder")
+                       for i in g.steps]
+    plan.findings.sort(key=lambda f: (KINDS.index(f.kind), f.row or 0, f.path))
+    return plan
+
+
+def _held_detail(tx: wal.TxState, why: str) -> str:
+    return f"{tx.kind} transaction {tx.txid} ({tx.state}){': ' + why if why else ''}"
+
+
+def _zombie_step(ws: Workspace, top: str, name: str, kind: str, zombie_action: str, now: datetime) -> dict[str, Any]:
+    path = f"{top}/{name}"
+    if zombie_action == "quarantine":
+        dst = _quarantine_name(ws.root / path, now)
+        return {"op": "rename", "src": path, "dst": ws.rel(dst), "finding": kind}
+    return {"op": "delete", "path": path, "finding": kind}
+
+
+def _step_action(step: dict[str, Any]) -> str:
+    return f"quarantine to {step['dst']}" if step["op"] == "rename" else "delete"
+
+
+def _check_identity(plan: _Plan, bt_rel: str, bt_dir: str, r: sheet.SheetRow, sname: str,
+                    run_missing: bool) -> None:
+    """Compare ``run_metadata.json`` with the row; the sheet is trusted, a mismatch is reported."""
+    meta, why = read_identity(os.path.join(bt_dir, sname, "run_metadata.json"))
+    if meta is not None and _same(meta.run_id, r.run_id) and (meta.strategy is None or _same(meta.strategy,
+                                                                                             r.strategy)):
+        return                                      # the common case, early
+    path = f"{bt_rel}/{sname}"
+    if meta is None:
+        plan.add(Finding("identity_mismatch", r.strategy, r.run_id, f"{path}/run_metadata.json",
+                         "none: a person checks the file; it is never a reason to delete",
+                         detail=f"cannot check the run id: {why}", row=r.number))
+        return
+    got = meta.run_id
+    got_text = names.cell_text(got) if isinstance(got, (str, int, float)) and not isinstance(got, bool) else None
+    problems = []
+    if got_text is None:
+        problems.append("it has no run_id")
+    elif names.key(got_text) != names.key(r.run_id):
+        problems.append(f"it says run_id {got_text!r}, the sheet says {r.run_id!r}")
+    ms = meta.strategy
+    if isinstance(ms, str) and names.key(ms) != names.key(r.strategy):
+        problems.append(f"it says strategy {ms!r}, the sheet says {r.strategy!r}")
+    if not problems:
+        return
+    if run_missing:
+        action = (f"{CASCADE} runs/{r.run_id}/ is missing, so row {r.number} is orphaned and the folder "
+                  "a zombie")
+    else:
+        action = f"trust the sheet (row {r.number}); warn"
+    plan.add(Finding("identity_mismatch", r.strategy, r.run_id, f"{path}/run_metadata.json", action,
+                     detail="; ".join(problems), row=r.number))
+
+
+# ---------------------------------------------------------------- executing a plan
+
+def _same(value: Any, text: str) -> bool:
+    """A metadata value names the same thing as a sheet cell's text (``123`` is ``"123"``)."""
+    if isinstance(value, str):
+        return value == text or _key(value) == _key(text)
+    return False
+
+
+def _safe_target(ws: Workspace, rel: str) -> Path | None:
+    """``backtests/NAME`` or ``runs/NAME`` as a path, or None for anything else (a tampered plan)."""
+    top, _, name = rel.rpartition("/")
+    if top not in (ws.rel(ws.backtests), ws.rel(ws.runs)) or name in ("", ".", "..") or "\\" in name:
+        return None
+    parent = ws.root / top
+    if os.path.islink(parent):
+        return None
+    return parent / name
+
+
+def _present_keys(view: sheet.SheetView) -> tuple[set[str], set[str]]:
+    return set(view.by_strategy), set(view.by_run)
+
+
+def _match(view: sheet.SheetView, step: dict[str, Any]) -> sheet.SheetRow | None:
+    """The row a remove_row step means: same strategy and run id; the recorded number wins a tie."""
+    cands = [r for r in view.strategy_rows(step["strategy"]) if names.key(r.run_id) == names.key(step["run_id"])]
+    for r in cands:
+        if r.number == step.get("row_number"):
+            return r
+    return cands[0] if cands else None
+
+
+def _row_values(view: sheet.SheetView, r: sheet.SheetRow) -> dict[str, Any]:
+    from .xlsx import col_letters
+    out: dict[str, Any] = {}
+    for c, v in sorted(r.values.items()):
+        out[view.headers.get(c) or col_letters(c)] = v
+    return out
+
+
+def _execute(ws: Workspace, w: wal.Writer, txid: str, now: datetime,
+             progress: Progress | None = None) -> dict[int, str]:
+    """Do what a plan still needs, each step announced first; returns ``{step: why skipped}``.
+
+    The caller holds the sheet-writer lock and the workspace lock, and has
+    checked that no person holds the sheet when rows are to go.
+    """
+    tick = progress or (lambda phase, done, total: None)
+    tx = w.states[txid]
+    steps = list(tx.plan)
+    skipped: dict[int, str] = {}
+    row_steps = [(i, s) for i, s in enumerate(steps) if s.get("op") == "remove_row"]
+    announced_rows = {int(d.get("step", -1)) for d in tx.removed_rows}
+    announced_del = set(tx.deleted)
+    announced_ren = dict(tx.renames)
+    present: tuple[set[str], set[str]] | None = None
+    if row_steps:
+        full = sheet.read(ws, all_columns=True)
+        numbers: list[int] = []
+        for i, s in row_steps:
+            r = _match(full, s)
+            if r is None:
+                skipped[i] = "the row is no longer on the sheet"
+                continue
+            if i not in announced_rows:
+                w.append(txid, "remove_row", {"step": i, "row_number": r.number, "strategy": r.strategy,
+                                              "run_id": r.run_id, "values": _row_values(full, r)}, now=now)
+            numbers.append(r.number)
+        if numbers:
+            tick("removing rows", 0, len(numbers))
+            try:
+                sheet.remove(ws, sorted(set(numbers)))
+            except PermissionError as e:
+                raise SheetLocked(f"the Master Sheet could not be written ({e.strerror}); the sweep is unfinished",
+                                  detail=f"Close the sheet, then run 'sop-recover' to finish sweep {txid}.") from None
+            gone = set(numbers)
+            present = _present_keys(sheet.SheetView(full.path, full.worksheet, full.header_row, full.headers,
+                                                    full.columns, [r for r in full.rows if r.number not in gone]))
+        else:
+            present = _present_keys(full)
+    folder_steps = [(i, s) for i, s in enumerate(steps) if s.get("op") in ("delete", "rename")]
+    if folder_steps and present is None:
+        present = _present_keys(sheet.read(ws))
+    held: set[tuple[str, str]] = set()
+    for t in w.j.open_transactions():
+        if t.kind == "run":
+            held |= {(ws.rel(ws.backtests), names.key(t.strategy)), (ws.rel(ws.runs), names.key(t.run_id))}
+    for n, (i, s) in enumerate(folder_steps):
+        if not n % 256:
+            tick("cleaning folders", n, len(folder_steps))
+        rel = s["path"] if s["op"] == "delete" else s["src"]
+        target = _safe_target(ws, rel)
+        if target is None:
+            skipped[i] = f"{rel} is not a folder directly under backtests/ or runs/"
+            continue
+        if not os.path.lexists(target):
+            skipped[i] = "already gone" if (rel in announced_del or rel in announced_ren) else "not there"
+            continue
+        if target.is_symlink() or not target.is_dir():
+            skipped[i] = "no longer a real folder"
+            continue
+        top, _, name = rel.rpartition("/")
+        if s.get("finding") in ZOMBIE_KINDS:
+            assert present is not None
+            keys = present[0] if top == ws.rel(ws.backtests) else present[1]
+            if names.key(name) in keys:
+                skipped[i] = "a row indexes it now"
+                continue
+            if (top, names.key(name)) in held:
+                skipped[i] = "an open transaction holds it now"
+                continue
+        if s["op"] == "delete":
+            if rel not in announced_del:
+                w.append(txid, "delete", {"step": i, "path": rel, "files": fsops.file_list(target),
+                                          "finding": s.get("finding", "")}, now=now)
+            fsops.rmtree(target)
+        else:
+            dst_rel = announced_ren.get(rel) or s["dst"]
+            dst = _safe_target(ws, dst_rel)
+            if dst is None or os.path.lexists(dst):
+                dst = _quarantine_name(target, now)
+                dst_rel = ws.rel(dst)
+            if announced_ren.get(rel) != dst_rel:
+                w.append(txid, "rename", {"step": i, "src": rel, "dst": dst_rel, "finding": s.get("finding", "")},
+                         now=now)
+            fsops.rename(target, dst)
+    w.append(txid, "done", {"steps": len(steps), "skipped": {str(k): v for k, v in skipped.items()}}, now=now)
+    return skipped
+
+
+def _attempts(ws: Workspace, sleep: Callable[[float], None]) -> Iterable[int]:
+    """``[lock].retries`` attempts, with doubling backoff between them."""
+    for attempt in range(ws.config.retries):
+        if attempt:
+            sleep(ws.config.backoff * (2 ** (attempt - 1)))
+        yield attempt
+
+
+def _locked_out(ws: Workspace, who: str, what: str) -> SheetLocked:
+    return SheetLocked(f"the Master Sheet is locked by {who}: {what}",
+                       locked_by=who,
+                       detail=f"It stayed locked through {ws.config.retries} attempt(s). Close it in Excel or "
+                              "LibreOffice and run the command again.")
+
+
+def finish_plan(ws: Workspace, txid: str, *, now: datetime, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Finish a sweep left ``planned`` by a crash (called by ``sop-recover``); idempotent.
+
+    Raises SheetLocked (exit 3) when rows are still to go and a person holds
+    the sheet through every attempt; the sweep then stays planned.
+    """
+    who: str | None = None
+    for _ in _attempts(ws, sleep):
+        with locks.hold(ws.sheet_lock_path, ws.config.lock_timeout, "Master Sheet writer"), _locked(ws) as w:
+            tx = wal.find_transaction(ws, txid, w.j)
+            if tx is None or tx.kind != "sweep" or tx.state != "planned":
+                return
+            w.states[txid] = tx
+            who = locks.sheet_locked_by(ws.sheet)
+            if who is not None and _rows_pending(ws, tx):
+                continue
+            _execute(ws, w, txid, now)
+            return
+    raise _locked_out(ws, who or "unknown user", f"sweep {txid} still has rows to remove")
+
+
+def _rows_pending(ws: Workspace, tx: wal.TxState) -> bool:
+    steps = [s for s in tx.plan if s.get("op") == "remove_row"]
+    if not steps:
+        return False
+    view = sheet.read(ws)
+    return any(_match(view, s) is not None for s in steps)
+
+
+# ---------------------------------------------------------------- the sweep
+
+def sweep(*, root: PathArg = None, fix: bool = False, report: PathArg = None, purge_failed: bool = False,
+          older_than: str | timedelta | None = None, now: datetime | None = None,
+          env: dict[str, str] | None = None, progress: Progress | None = None,
+          sleep: Callable[[float], None] = time.sleep) -> SweepResult:
+    """Compare the Master Sheet with ``backtests/`` and ``runs/``; with ``fix``, repair in one transaction.
+
+    A dry run (the default) writes only the report.  ``purge_failed`` with
+    ``older_than`` plans (with ``fix``: does) the deletion of quarantined
+    ``_FAILED_<ts>`` folders older than that, by the time in their name.
+    Raises UsageError (exit 2) for a purge without an age, SheetLocked
+    (exit 3, nothing changed by the sweep) when rows are to be removed and a
+    person holds the sheet through every attempt.
+    """
+    if purge_failed and older_than is None:
+        raise UsageError("--purge-failed needs --older-than DUR",
+                         detail="Say how old a quarantined folder must be to go, e.g. --older-than 7d.")
+    if older_than is not None and not purge_failed:
+        raise UsageError("--older-than only applies to --purge-failed",
+                         detail="Pass both, e.g. --purge-failed --older-than 7d.")
+    ot = parse_duration(older_than) if isinstance(older_than, str) else older_than
+    now = _now(now)
+    ws = open_workspace(root, env)
+    report_path = Path(report).absolute() if report is not None else ws.report
+    result = SweepResult(dry_run=not fix, when=now.strftime("%Y-%m-%dT%H:%M:%SZ"), root=str(ws.root), findings=[],
+                         report=str(report_path))
+    if not fix:
+        j = wal.load(ws)
+        actions, _live = _recovery_plan(ws, j, now)
+        view = sheet.read(ws)
+        plan = classify(ws, view, j.open_transactions(), now=now, recovery_actions=actions, purge_older_than=ot,
+                        report_path=report_path, progress=progress)
+    else:
+        from . import recovery
+        rec = recovery.recover(root=ws.root, now=now, env=env, sleep=sleep)
+        result.recovery = [asdict(a) for a in rec.actions]
+        who = None
+        for _ in _attempts(ws, sleep):
+            with locks.hold(ws.sheet_lock_path, ws.config.lock_timeout, "Master Sheet writer"), _locked(ws) as w:
+                view = sheet.read(ws)
+                plan = classify(ws, view, w.j.open_transactions(), now=now, purge_older_than=ot,
+                                report_path=report_path, progress=progress)
+                if any(s["op"] == "remove_row" for s in plan.steps):
+                    who = locks.sheet_locked_by(ws.sheet)
+                    if who is not None:
+                        continue
+                if plan.steps:
+                    result.txid = f"tx-{names.stamp(now)}-{os.urandom(3).hex()}"
+                    w.append(result.txid, "plan", {"steps": plan.steps, "owner": _owner_dict(owner_of(os.getpid())),
+                                                   "zombie_action": ws.config.zombie_action, "sweep": 1}, now=now)
+                    skipped = _execute(ws, w, result.txid, now, progress)
+                    _mark_done(plan, skipped)
+                break
+        else:
+            n = sum(1 for s in plan.steps if s["op"] == "remove_row")
+            raise _locked_out(ws, who or "unknown user",
+                              f"the sweep would remove {n} row(s), so it changed nothing")
+    result.findings, result.rows, result.folders = plan.findings, plan.rows, plan.folders
+    write_report(result, report_path)
+    return result
+
+
+def _recovery_plan(ws: Workspace, j: wal.Loaded, now: datetime) -> tuple[dict[str, Any], list[Any]]:
+    from . import recovery
+    actions, live = recovery.plan(ws, j, now=now, older_than=RECOVERY_OLDER_THAN, force=False)
+    return {a.txid: a for a in actions if a.txid}, live
+
+
+def _mark_done(plan: _Plan, skipped: dict[int, str]) -> None:
+    """A finding is done when every step that fixes it was done (or found already done)."""
+    for f in plan.findings:
+        if not f.steps:
+            continue
+        why = [skipped[i] for i in f.steps if i in skipped and skipped[i] != "already gone"]
+        f.done = not why
+        if why:
+            f.detail = (f.detail + "; " if f.detail else "") + "not done: " + "; ".join(dict.fromkeys(why))
+
+
+# ---------------------------------------------------------------- the report
+
+def _md(text: object) -> str:
+    """Text for a Markdown table cell: pipes and backslashes escaped, control characters shown as escapes."""
+    s = str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in s)
+
+
+def render_report(r: SweepResult) -> str:
+    """The Markdown report: when, mode, txid, counts, a table per kind, and what needs a person."""
+    mode = "dry run (nothing was changed)" if r.dry_run else "fix"
+    out = ["# sop integrity report", "",
+           f"- **When:** {r.when} (UTC)",
+           f"- **Mode:** {mode}",
+           f"- **Workspace:** `{r.root}`",
+           f"- **Sweep transaction:** {('`' + r.txid + '`') if r.txid else 'none (nothing was changed)'}",
+           f"- **Checked:** {r.rows} sheet row(s), {r.folders} entr{'y' if r.folders == 1 else 'ies'} "
+           "under backtests/ and runs/",
+           f"- **Remaining findings** (other than quarantined, in flight, abandoned): {len(r.remaining)}",
+           "", "## Counts", "", "| finding | count | " + ("planned |" if r.dry_run else "done |"),
+           "|---|---:|---:|"]
+    counts = r.counts
+    for k in KINDS:
+        acted = sum(1 for f in r.findings if f.kind == k and (f.steps if r.dry_run else f.done))
+        out.append(f"| {k} | {counts[k]} | {acted} |")
+    out += ["", "## Needs a person", ""]
+    person = [f for f in r.findings if f.kind in NEEDS_PERSON and not f.done]
+    if not person:
+        out.append("Nothing.")
+    for f in person:
+        who = f.path or f.strategy or f.run_id
+        out.append(f"- **{f.kind}** {_md(who)}{' (row ' + str(f.row) + ')' if f.row else ''}: {_md(f.detail)}")
+    if r.recovery:
+        out += ["", "## Recovery (run first)", ""]
+        for a in r.recovery:
+            tx = f" {a['txid']}" if a.get("txid") else ""
+            out.append(f"- {_md(a['action'])}{_md(tx)}: {_md(a.get('detail', ''))} — "
+                       f"{'done' if a.get('done') else 'not done'}")
+    for k in KINDS:
+        fs = [f for f in r.findings if f.kind == k]
+        if not fs:
+            continue
+        out += ["", f"## {k} ({len(fs)})", "", "| strategy | run id | path | row | action | status | detail |",
+                "|---|---|---|---:|---|---|---|"]
+        for f in fs:
+            status = ("planned" if f.steps else "—") if r.dry_run else ("done" if f.done else
+                                                                       ("not done" if f.steps else "—"))
+            out.append(f"| {_md(f.strategy)} | {_md(f.run_id)} | {_md(f.path)} | {f.row or ''} | {_md(f.action)} | "
+                       f"{status} | {_md(f.detail)} |")
+    return "\n".join(out) + "\n"
+
+
+def write_report(r: SweepResult, path: Path) -> None:
+    """Write the report atomically, creating its folder when missing."""
+    if not path.parent.is_dir():
+        fsops.mkdir(path.parent, parents=True, exist_ok=True)
+    fsops.atomic_write(path, render_report(r).encode("utf-8"))
+
+
+__all__ = ["sweep", "finish_plan", "classify", "SweepResult", "Finding", "KINDS", "read_identity", "render_report"]
