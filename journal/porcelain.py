@@ -428,7 +428,7 @@ def flush(ws: Workspace, *, want: str | None = None, now: datetime | None = None
                     w.append(t.txid, "append", {"row": t.row, "sheet": ws.rel(ws.sheet)}, now=now)
             if todo:
                 try:
-                    numbers = sheet.append(ws, [t.row or {} for t in todo])
+                    numbers = sheet.append(ws, [t.row or {} for t in todo], view)
                 except PermissionError as e:
                     locked_by = f"another program ({e.strerror})"
                     continue

@@ -7,6 +7,7 @@ compare, how values are typed) and leaves the bytes of the workbook to
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import zipfile
@@ -14,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import names, xlsx
+import msgspec
+
+from . import fsops, names, xlsx
 from .errors import Refused, SheetDamaged
 from .workspace import Workspace
 
@@ -68,10 +71,66 @@ def _check_readable(path: Path) -> None:
         raise SheetDamaged(f"Master Sheet is a folder, not a workbook: {path}")
 
 
+class _Index(msgspec.Struct, array_like=True):
+    """The cached index of a sheet: valid while the file's identity and stat are unchanged."""
+
+    stamp: list[int]
+    worksheet: str
+    header_row: int
+    headers: dict[int, str]
+    columns: dict[str, int]
+    rows: list[tuple[int, str, str]]
+
+
+_encode_index = msgspec.msgpack.Encoder().encode
+_decode_index = msgspec.msgpack.Decoder(_Index).decode
+
+
+def _stamp(path: Path) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _cache_path(ws: Workspace, path: Path) -> Path:
+    h = hashlib.sha256(f"{path}\0{ws.config.worksheet}".encode()).hexdigest()[:16]
+    return ws.cache_dir / f"sheet-index-{h}.msgpack"
+
+
 def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None) -> SheetView:
-    """Read the Master Sheet's index; refuse (exit 5) one without Strategy and RunID columns."""
+    """Read the Master Sheet's index; refuse (exit 5) one without Strategy and RunID columns.
+
+    The index (strategies and run ids with their rows) is cached in
+    ``.sop/cache/`` under the sheet's size, mtime, ctime, inode and device:
+    any save (by Excel or by sop's atomic replace) changes them, and an
+    unchanged sheet is not parsed again, so ``sop-begin`` starts fast.
+    """
     path = path or ws.sheet
     _check_readable(path)
+    if all_columns:
+        return _read(ws, path, True)
+    cache = _cache_path(ws, path)
+    stamp = _stamp(path)
+    try:
+        idx = _decode_index(cache.read_bytes())
+        if idx.stamp == stamp:
+            rows = [SheetRow(n, s, r) for n, s, r in idx.rows]
+            return SheetView(path, idx.worksheet, idx.header_row, idx.headers, idx.columns, rows)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        pass
+    view = _read(ws, path, False)
+    if _stamp(path) == stamp:                      # not saved while we read it
+        idx = _Index(stamp, view.worksheet, view.header_row, view.headers, view.columns,
+                     [(r.number, r.strategy, r.run_id) for r in view.rows])
+        try:
+            if not ws.cache_dir.is_dir():
+                fsops.mkdir(ws.cache_dir, parents=True, exist_ok=True)
+            fsops.atomic_write(cache, _encode_index(idx))
+        except OSError:
+            pass                                   # a cache that cannot be written costs only time
+    return view
+
+
+def _read(ws: Workspace, path: Path, all_columns: bool) -> SheetView:
     try:
         table = xlsx.read_table(path, ws.config.worksheet or None, None if all_columns else [STRATEGY, RUNID])
     except PermissionError as e:
@@ -134,12 +193,12 @@ def row_from_metadata(meta: dict[str, Any], strategy: str, run_id: str, txid: st
     return row
 
 
-def append(ws: Workspace, rows: list[dict[str, Any]]) -> list[int]:
+def append(ws: Workspace, rows: list[dict[str, Any]], view: SheetView | None = None) -> list[int]:
     """Append rows given by header name; returns their Excel row numbers.
 
     A PermissionError (the file is open elsewhere on Windows) propagates.
     """
-    view = read(ws)
+    view = view or read(ws)
     cells = [build_row(view, r) for r in rows]
     for c in cells:
         for v in c.values():
@@ -157,5 +216,4 @@ def remove(ws: Workspace, numbers: list[int]) -> None:
 
 
 def create(path: Path) -> None:
-    os.makedirs(path.parent, exist_ok=True)
     xlsx.create_workbook(path, DEFAULT_HEADERS)
