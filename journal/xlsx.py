@@ -95,6 +95,7 @@ from __future__ import annotations
 import bisect
 import math
 import numbers
+import operator
 import os
 import re
 import struct
@@ -155,7 +156,7 @@ MAX_COL = 16_384
 MAX_CELL_CHARS = 32_767
 HEADER_SCAN_ROWS = 10
 CHUNK = 1 << 22                     # inflate this much at a time
-SHEET_COMPRESSLEVEL = 3             # deflate level of the rewritten sheet: speed over a few % of size
+SHEET_COMPRESSLEVEL = 1             # deflate level of the rewritten sheet: 0.2 s less at 100k rows, ~20% larger
 SMALL_COMPRESSLEVEL = 6
 
 NS_MAIN = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
@@ -697,6 +698,7 @@ class _Segments:
     tail: bytes = b""
     selfclosing: bool = False
     sx: _Sx | None = None
+    oddities: list[tuple[int, str]] = field(default_factory=list)   # (byte offset in the part, what)
 
 
 def _feed(parser: expat.XMLParserType, data: bytes, final: bool, pkg: _Package, part: str) -> None:
@@ -723,6 +725,14 @@ def _iter_sheet(pkg: _Package, part: str, validate: bool,
             raise _damaged(pkg.path, f"{part} declares a DOCTYPE; refusing to edit it")
         parser.StartDoctypeDeclHandler = no_dtd
         parser.EntityDeclHandler = no_dtd
+        # constructs the byte scanner does not follow: noted here at no cost when absent
+        odd = seg.oddities
+
+        def note(what: str) -> Callable[..., None]:
+            return lambda *_a: odd.append((parser.CurrentByteIndex, what))  # type: ignore[union-attr]
+        parser.CommentHandler = note("an XML comment")
+        parser.ProcessingInstructionHandler = note("a processing instruction")
+        parser.StartCdataSectionHandler = note("a CDATA section")
 
     sx: _Sx | None = None
     buf = b""
@@ -946,13 +956,17 @@ def _read_chunk(chunk: bytes, sx: _Sx, sst: _SharedStrings, wanted: set[int] | N
         cell_value = sx.cell_value
         v_open, v_close = sx.v_open, sx.v_close
         strings = sst.strings
+        col_get = _COL_INDEX.get
         cur: bytes = b""
         d: dict[int, Value] = {}
         v: Value | None
         for letters, num, attrs, vtext, itext, inner in fast.findall(chunk):
             if vtext:
                 if not attrs:
-                    v = _number(vtext)
+                    try:
+                        v = int(vtext)
+                    except ValueError:
+                        v = _number(vtext)
                 elif b't="s"' in attrs:
                     try:
                         v = strings[int(vtext)]
@@ -980,7 +994,10 @@ def _read_chunk(chunk: bytes, sx: _Sx, sst: _SharedStrings, wanted: set[int] | N
             if num != cur:
                 cur = num
                 d = by_row.get(num) or by_row.setdefault(num, {})
-            d[_col_of(letters)] = v
+            d[col_get(letters) or _col_of(letters)] = v
+        if by_row and len(by_row) == chunk.count(sx.row_tag):      # every row holds a wanted value
+            rows.extend([_new_row(int(nb), d) for nb, d in by_row.items()])
+            return int(next(reversed(by_row)))
         value_re = sx.value_re
         for nb in sx.row_num_re.findall(chunk):
             d = by_row.get(nb)  # type: ignore[assignment]
@@ -1197,9 +1214,6 @@ def _write_package(pkg: _Package, out: BinaryIO, replace: dict[str, Replacement]
 # --------------------------------------------------------------------------------------------
 # Pass 1: scan the master sheet before a write
 
-_UNSUPPORTED_IN_ROWS = (b"<!--", b"<![CDATA[", b"<?", b"xmlns")
-
-
 @dataclass
 class _Scan:
     seg: _Segments
@@ -1212,10 +1226,9 @@ class _Scan:
 
 
 def _check_chunk(chunk: bytes, sx: _Sx, pkg: _Package, part: str) -> None:
-    for bad in _UNSUPPORTED_IN_ROWS:
-        if bad in chunk:
-            raise _damaged(pkg.path, f"{part} holds {bad.decode()!r} inside its rows, which sop does not edit",
-                           "Open and re-save the workbook in Excel.")
+    if b"xmlns" in chunk:
+        raise _damaged(pkg.path, f"{part} holds a namespace declaration among its rows, which sop does not edit",
+                       "Open and re-save the workbook in Excel.")
     if sx.no_r_re.search(chunk):
         raise _damaged(pkg.path, f"{part} has rows or cells without an r attribute, which sop does not edit",
                        "Open and re-save the workbook in Excel.")
@@ -1232,39 +1245,53 @@ def _scan(pkg: _Package, part: str) -> _Scan:
         assert sx is not None
         if scan is None:
             scan = _Scan(seg, sx)
+        _check_odd(pkg, part, seg)
         _check_chunk(chunk, sx, pkg, part)
-        starts = [(m.start(), int(m.group(1))) for m in sx.row_num_re.finditer(chunk)]
-        for _, r in starts:
-            if r <= prev or r > MAX_ROW:
-                raise _damaged(pkg.path, f"{part} has row {r} after row {prev}: rows out of order",
+        nums = list(map(int, sx.row_num_re.findall(chunk)))
+        if nums:
+            if nums[0] <= prev or nums[-1] > MAX_ROW or not all(map(operator.lt, nums, nums[1:])):
+                bad = next((b for a, b in zip([prev, *nums], nums, strict=False) if b <= a), nums[-1])
+                raise _damaged(pkg.path, f"{part} has row {bad} out of order or past the last row",
                                "Open and re-save the workbook in Excel.")
-            prev = r
+            prev = nums[-1]
+            scan.max_row = nums[-1]
         if b"<" + sx.prefix + b"f" in chunk:
             scan.rows_with_formulas = True
-        for i in range(len(starts) - 1, -1, -1):
-            s0, r = starts[i]
-            e0 = starts[i + 1][0] if i + 1 < len(starts) else len(chunk)
-            if sx.content_re.search(chunk, s0, e0):
-                m = sx.row_re.match(chunk, s0)
-                assert m is not None
-                if m.group(2):
-                    end = m.end()
-                else:
-                    end = chunk.find(sx.row_end, m.end(), e0)
-                    if end < 0:
-                        raise _damaged(pkg.path, f"{part}: row {r} has no end tag")
-                    end += len(sx.row_end)
-                scan.last_content_row = r
-                scan.last_content_end = offset + end
+        end = len(chunk)
+        while end > 0:
+            s0 = chunk.rfind(sx.row_tag, 0, end)
+            if s0 < 0:
                 break
-        if starts:
-            scan.max_row = starts[-1][1]
+            if sx.content_re.search(chunk, s0, end):
+                m = sx.row_re.match(chunk, s0)
+                rm = sx.row_num_re.match(chunk, s0)
+                if m is None or rm is None:
+                    raise _damaged(pkg.path, f"{part}: a row cannot be parsed")
+                if m.group(2):
+                    row_end = m.end()
+                else:
+                    row_end = chunk.find(sx.row_end, m.end(), end)
+                    if row_end < 0:
+                        raise _damaged(pkg.path, f"{part}: row {rm.group(1).decode()} has no end tag")
+                    row_end += len(sx.row_end)
+                scan.last_content_row = int(rm.group(1))
+                scan.last_content_end = offset + row_end
+                break
+            end = s0
         offset += len(chunk)
     if scan is None:   # no rows at all
         assert seg.sx is not None
         scan = _Scan(seg, seg.sx)
     scan.body_len = offset
+    _check_odd(pkg, part, seg)
     return scan
+
+
+def _check_odd(pkg: _Package, part: str, seg: _Segments) -> None:
+    """Refuse comments, processing instructions and CDATA anywhere in the part."""
+    for _at, what in seg.oddities:
+        raise _damaged(pkg.path, f"{part} holds {what}, which sop does not edit",
+                       "Open and re-save the workbook in Excel.")
 
 
 def _sheet_tables(pkg: _Package, part: str) -> list[str]:

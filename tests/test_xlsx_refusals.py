@@ -126,7 +126,14 @@ def test_rows_without_r_are_read_but_not_rewritten(tmp_path: Path, op: Op) -> No
 def test_comment_in_sheet_data(tmp_path: Path, op: Op) -> None:
     path = xlsxwriter_book(tmp_path / "m.xlsx")
     patch_member(path, SHEET, lambda b: b.replace(b"</row>", b"</row><!-- <row r='9'> -->", 1))
-    refused(path, op, "'<!--'")
+    refused(path, op, "an XML comment")
+
+
+@pytest.mark.parametrize("op", WRITES.values(), ids=WRITES.keys())
+def test_namespace_declared_inside_rows(tmp_path: Path, op: Op) -> None:
+    path = xlsxwriter_book(tmp_path / "m.xlsx")
+    patch_member(path, SHEET, lambda b: b.replace(b'<row r="2" ', b'<row r="2" xmlns:q="urn:q" ', 1))
+    refused(path, op, "namespace declaration")
 
 
 @pytest.mark.parametrize("op", WRITES.values(), ids=WRITES.keys())
