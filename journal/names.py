@@ -24,6 +24,8 @@ TS_FORMAT = "%Y%m%dT%H%M%SZ"
 
 def key(name: str) -> str:
     """The comparison key of a strategy name or run id."""
+    if name.isascii():                  # NFC leaves ASCII as it is
+        return name.lower()
     return unicodedata.normalize("NFC", name).casefold()
 
 
