@@ -50,7 +50,7 @@ def build(root: Path, rows: int) -> None:
                      + [r * 0.001 * (i + 1) for i in range(12)])
     wb.close()
     subprocess.run([sys.executable, str(BIN / "sop-init"), "-C", str(root)], check=True, capture_output=True)
-    (root / ".sop" / "config.toml").write_text("[lock]\nbackoff_seconds = 0\n")
+    (root / ".sop" / "config.toml").write_text("[lock]\nbackoff_seconds = 0\ntimeout_seconds = 300\n")
 
 
 def begin(root: Path, name: str) -> dict[str, str]:
