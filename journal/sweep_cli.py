@@ -7,6 +7,7 @@ progress bar on a terminal while a long scan runs.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -17,7 +18,10 @@ from .cli import CONTEXT, Out, _call, common
 
 
 class _Bar:
-    """A progress bar on stderr, shown only once a phase has run for a moment (short sweeps stay quiet)."""
+    """A progress bar on stderr, shown only once the sweep has run for ``delay`` seconds (short ones stay quiet).
+
+    ``$SOP_PROGRESS_DELAY`` sets the delay (tests set 0).
+    """
 
     def __init__(self, delay: float = 0.5) -> None:
         self.start = time.monotonic()
@@ -69,7 +73,7 @@ def sweep_cmd(out: Out, fix: bool, report: str | None, purge_failed: bool, older
     left for a person.  Links are never followed.
     """
     from . import sweep as sw
-    bar = _Bar() if sys.stderr.isatty() and not out.quiet else None
+    bar = _Bar(float(os.environ.get("SOP_PROGRESS_DELAY", "0.5"))) if sys.stderr.isatty() and not out.quiet else None
     try:
         res = _call(out, lambda: sw.sweep(root=out.root, fix=fix, report=report, purge_failed=purge_failed,
                                           older_than=older_than, progress=bar))
