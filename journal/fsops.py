@@ -41,6 +41,11 @@ _loaded = False
 
 TEMP_RE = re.compile(r"^\..+\.sop-tmp-\d+-[0-9a-f]+$")
 
+# The stat of the file each atomic_write put in place, taken from its own
+# descriptor before the rename: the inode, size and mtime of exactly the bytes
+# written, so a cache keyed on them can never describe somebody else's file.
+LAST_WRITTEN: dict[str, os.stat_result] = {}
+
 
 def _load() -> None:
     global _loaded, _crash_at, _fail_at, _fail_errno, _fail_persist, _trace
@@ -116,8 +121,10 @@ def atomic_write(target: str | os.PathLike[str], content: bytes | Callable[[Bina
                 f.write(content)
             f.flush()
             os.fsync(f.fileno())
+            st = os.fstat(f.fileno())
         point("replace", target)
         os.replace(tmp, target)
+        LAST_WRITTEN[os.fspath(target)] = st
     except BaseException:
         try:
             os.unlink(tmp)

@@ -68,6 +68,7 @@ class SheetView:
         self.numbers, self.strategies, self.run_ids = lists
         self._keylists = keys
         self._maps: tuple[dict[str, list[int]], dict[str, list[int]]] | None = None
+        self.stamp: list[int] = []                  # the file version this index describes
 
     @property
     def rows(self) -> list[SheetRow]:
@@ -161,9 +162,10 @@ _encode_index = msgspec.msgpack.Encoder().encode
 _decode_index = msgspec.msgpack.Decoder(_Index).decode
 
 
-def _stamp(path: Path) -> list[int]:
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+def _stamp(path: Path, st: os.stat_result | None = None) -> list[int]:
+    """What identifies one version of the sheet: a save by anyone makes a new inode or mtime."""
+    st = st or os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
 
 
 def _cache_path(ws: Workspace, path: Path) -> Path:
@@ -188,22 +190,29 @@ def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None) 
     try:
         idx = _decode_index(cache.read_bytes())
         if idx.stamp == stamp:
-            return SheetView(path, idx.worksheet, idx.header_row, idx.headers, idx.columns,
+            view = SheetView(path, idx.worksheet, idx.header_row, idx.headers, idx.columns,
                              lists=(idx.numbers, idx.strategies, idx.run_ids), keys=(idx.skeys, idx.rkeys))
+            view.stamp = stamp
+            return view
     except (OSError, msgspec.DecodeError, msgspec.ValidationError):
         pass
     view = _read(ws, path, False)
     if _stamp(path) == stamp:                      # not saved while we read it
-        sk, rk = view.keylists()
-        idx = _Index(stamp, view.worksheet, view.header_row, view.headers, view.columns,
-                     view.numbers, view.strategies, view.run_ids, sk, rk)
-        try:
-            if not ws.cache_dir.is_dir():
-                fsops.mkdir(ws.cache_dir, parents=True, exist_ok=True)
-            fsops.atomic_write(cache, _encode_index(idx))
-        except OSError:
-            pass                                   # a cache that cannot be written costs only time
+        view.stamp = stamp
+        _save_index(ws, view)
     return view
+
+
+def _save_index(ws: Workspace, view: SheetView) -> None:
+    sk, rk = view.keylists()
+    idx = _Index(view.stamp, view.worksheet, view.header_row, view.headers, view.columns,
+                 view.numbers, view.strategies, view.run_ids, sk, rk)
+    try:
+        if not ws.cache_dir.is_dir():
+            fsops.mkdir(ws.cache_dir, parents=True, exist_ok=True)
+        fsops.atomic_write(_cache_path(ws, view.path), _encode_index(idx))
+    except OSError:
+        pass                                       # a cache that cannot be written costs only time
 
 
 def _read(ws: Workspace, path: Path, all_columns: bool) -> SheetView:
@@ -272,15 +281,30 @@ def row_from_metadata(meta: dict[str, Any], strategy: str, run_id: str, txid: st
 def append(ws: Workspace, rows: list[dict[str, Any]], view: SheetView | None = None) -> list[int]:
     """Append rows given by header name; returns their Excel row numbers.
 
-    A PermissionError (the file is open elsewhere on Windows) propagates.
+    The index of the new file is cached at once (old index plus the new
+    rows, keyed on the stat of the bytes just written), so the next gate or
+    ``sop-begin`` does not parse the sheet again.  A PermissionError (the
+    file is open elsewhere on Windows) propagates.
     """
-    view = view or read(ws)
+    path = ws.sheet
+    if view is None or not view.stamp or view.stamp != _stamp(path):
+        view = read(ws)
     cells = [build_row(view, r) for r in rows]
     for c in cells:
         for v in c.values():
             if isinstance(v, str) and len(v) > 32767:
                 raise Refused("a value is longer than 32,767 characters, the most an Excel cell holds")
-    return _x().append_rows(ws.sheet, ws.config.worksheet or None, cells)
+    numbers = _x().append_rows(path, ws.config.worksheet or None, cells)
+    st = fsops.LAST_WRITTEN.pop(os.fspath(path), None)
+    if st is not None and view.stamp:
+        sc, rc = view.columns[STRATEGY], view.columns[RUNID]
+        new = SheetView(path, view.worksheet, view.header_row, view.headers, view.columns,
+                        lists=(view.numbers + numbers,
+                               view.strategies + [names.cell_text(c.get(sc)) for c in cells],
+                               view.run_ids + [names.cell_text(c.get(rc)) for c in cells]))
+        new.stamp = _stamp(path, st)
+        _save_index(ws, new)
+    return numbers
 
 
 def remove(ws: Workspace, numbers: list[int]) -> None:

@@ -470,3 +470,26 @@ def test_eight_concurrent_runs_lose_no_row(ws: WS) -> None:
     rows = ws.rows()[1:]
     assert sorted(r[0] for r in rows) == [f"S{i}" for i in range(8)]
     assert len({r[1] for r in rows}) == 8
+
+
+def test_the_index_cached_after_a_commit_matches_a_fresh_read(ws: WS) -> None:
+    from journal import sheet, workspace
+    for name in ("Alpha", "Beta", "Gamma"):
+        ws.full_run(name)
+    w = workspace.open_workspace(ws.root)
+    cached = sheet.read(w)
+    assert cached.stamp and cached._rows is None          # served from the cache written by the commit
+    fresh = sheet._read(w, w.sheet, False)
+    assert (cached.numbers, cached.strategies, cached.run_ids) == (fresh.numbers, fresh.strategies, fresh.run_ids)
+    assert cached.strategies == ["Alpha", "Beta", "Gamma"]
+
+
+def test_a_hand_edit_invalidates_the_cached_index(ws: WS) -> None:
+    import openpyxl
+    ws.full_run("Alpha")
+    ws.sop("begin", "--strategy", "Hand")                 # reads (and caches) the sheet
+    wb = openpyxl.load_workbook(ws.sheet)
+    wb.active.append(["Typed", "by-hand"])
+    wb.save(ws.sheet)
+    p = ws.sop("begin", "--strategy", "typed", code=1)
+    assert "'Typed'" in p.stderr and "Row 3" in p.stderr
