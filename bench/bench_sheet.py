@@ -5,10 +5,11 @@
 Generates the workbook into a temporary folder (nothing is committed): XlsxWriter, shared
 strings as Excel writes them, a header row (Strategy, RunID, TxID, CommittedAt, metrics…) and
 ``--rows`` data rows.  Every measurement runs in a fresh child process, which reports the
-wall time of the operation alone (imports and interpreter start-up excluded) and its own
+wall and CPU time of the operation alone (imports and interpreter start-up excluded) and its own
 peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss`` read inside the child
 at the end, so it includes the interpreter and its imports, ~20 MB).  Appends work on a fresh
-copy of the workbook each time.  The median of ``--repeat`` runs is shown (openpyxl once).
+copy of the workbook each time.  The median and best wall time of ``--repeat`` runs are shown, and
+the child's CPU time (openpyxl runs once).
 """
 
 from __future__ import annotations
@@ -30,29 +31,34 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, resource, sys, time
 op, path = sys.argv[1], sys.argv[2]
-if op == "sop-append":
+if op == "generate":
+    sys.path.insert(0, sys.argv[3])
+    from bench_sheet import generate
+    t, cpu = time.perf_counter(), time.process_time()
+    out = generate(path, int(sys.argv[4]), int(sys.argv[5]))
+elif op == "sop-append":
     from journal import xlsx
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     out = xlsx.append_rows(path, None, [{1: "bench_new", 2: "run-new", 3: "tx-new", 4: "2025-01-01T00:00:00Z", 5: 1.5}])
 elif op == "sop-remove":
     from journal import xlsx
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     out = xlsx.remove_rows(path, None, [2])
 elif op == "sop-read":
     from journal import xlsx
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     table = xlsx.read_table(path, columns=["strategy", "runid"])
     out = len(table.rows)
 elif op == "openpyxl-append":
     import openpyxl
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     wb = openpyxl.load_workbook(path)
     wb.worksheets[0].append(["bench_new", "run-new", "tx-new", "2025-01-01T00:00:00Z", 1.5])
     wb.save(path)
     out = None
 elif op == "openpyxl-read":
     import openpyxl
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     wb = openpyxl.load_workbook(path, read_only=True)
     rows = [(r[0].row, r[0].value, r[1].value) for r in wb.worksheets[0].iter_rows(min_row=2, max_col=2)
             if r[0].value is not None or r[1].value is not None]
@@ -60,18 +66,18 @@ elif op == "openpyxl-read":
     out = len(rows)
 elif op == "calamine-read":
     from python_calamine import CalamineWorkbook
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     data = CalamineWorkbook.from_path(path).get_sheet_by_index(0).to_python(skip_empty_area=False)
     out = sum(1 for r in data[1:] if r[0] != "" or r[1] != "")
 else:
     raise SystemExit(f"unknown op {op}")
 dt = time.perf_counter() - t
-print(json.dumps({"seconds": dt, "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "out": out}))
+print(json.dumps({"seconds": dt, "cpu": time.process_time() - cpu,
+                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "out": out}))
 """
 
 
-def generate(path: Path, rows: int, cols: int) -> None:
+def generate(path: Path | str, rows: int, cols: int) -> None:
     import xlsxwriter
 
     wb = xlsxwriter.Workbook(str(path))
@@ -84,13 +90,15 @@ def generate(path: Path, rows: int, cols: int) -> None:
     wb.close()
 
 
-def measure(op: str, src: Path, work: Path, copy: bool) -> dict[str, float]:
+def measure(op: str, src: Path, work: Path, copy: bool, *extra: str) -> dict[str, float]:
+    """Run one operation in a fresh child (this process stays small: Linux keeps ru_maxrss across exec)."""
     target = src
     if copy:
         target = work / f"copy-{op}{src.suffix}"
         shutil.copyfile(src, target)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-c", CHILD, op, str(target)], capture_output=True, text=True, env=env)
+    p = subprocess.run([sys.executable, "-c", CHILD, op, str(target), *extra], capture_output=True, text=True,
+                       env=env)
     if p.returncode:
         raise SystemExit(f"{op} failed:\n{p.stderr}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -98,7 +106,8 @@ def measure(op: str, src: Path, work: Path, copy: bool) -> dict[str, float]:
 
 def median_of(op: str, src: Path, work: Path, copy: bool, repeat: int) -> dict[str, float]:
     runs = [measure(op, src, work, copy) for _ in range(repeat)]
-    return {"seconds": statistics.median(r["seconds"] for r in runs),
+    return {"seconds": statistics.median(r["seconds"] for r in runs), "best": min(r["seconds"] for r in runs),
+            "cpu": statistics.median(r["cpu"] for r in runs),
             "maxrss_mb": max(r["maxrss_mb"] for r in runs), "out": runs[0]["out"]}
 
 
@@ -113,7 +122,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="sop-bench-"))
     try:
         src = work / "Strategy_Master_Filter.xlsx"
-        generate(src, args.rows, args.cols)
+        measure("generate", src, work, False, str(Path(__file__).resolve().parent), str(args.rows), str(args.cols))
         size = src.stat().st_size / 1e6
         res = {
             "sop-append": median_of("sop-append", src, work, True, args.repeat),
@@ -129,8 +138,11 @@ def main() -> None:
         print(f"# Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, "
               f"{platform.system()} {platform.release()}")
         print()
-        print("| operation | time (s) | peak RSS (MB) | time ÷ sop |")
-        print("|---|---:|---:|---:|")
+        load = os.getloadavg()[0]
+        print(f"# load average at the end: {load:.2f} (other processes on the machine inflate wall times)")
+        print()
+        print("| operation | wall median (s) | wall best (s) | CPU (s) | peak RSS (MB) | wall ÷ sop's |")
+        print("|---|---:|---:|---:|---:|---:|")
         rows = [
             ("sop append_rows (1 row)", "sop-append", None),
             ("openpyxl load + append + save", "openpyxl-append", "sop-append"),
@@ -142,7 +154,8 @@ def main() -> None:
         for label, key, base in rows:
             r = res[key]
             ratio = f"{r['seconds'] / res[base]['seconds']:.1f}×" if base else "—"
-            print(f"| {label} | {r['seconds']:.2f} | {r['maxrss_mb']:.0f} | {ratio} |")
+            print(f"| {label} | {r['seconds']:.2f} | {r['best']:.2f} | {r['cpu']:.2f} | {r['maxrss_mb']:.0f} "
+                  f"| {ratio} |")
     finally:
         if args.keep:
             print(f"\n(kept {work})")

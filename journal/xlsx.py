@@ -15,11 +15,14 @@ Reading (:func:`read_table`)
     workbook part and its relationships.
 
 Writing (:func:`append_rows`, :func:`remove_rows`)
-    Two streaming passes over the master worksheet part.  The first feeds
-    every byte to expat (so malformed XML is refused, never propagated),
-    checks that the part is in the shape this module can edit, and finds
-    what must change.  The second copies the part through with only those
-    changes, deflating it into the new zip.  What is rewritten:
+    Two streaming passes over the master worksheet part.  The first checks
+    that the part is in the shape this module can edit and finds what must
+    change; the second copies the part through with only those changes,
+    deflating it into the new zip.  Meanwhile expat reads every byte of the
+    original part — in a child process on another core when there is one
+    (expat holds the GIL and costs as much as both passes), else inline —
+    and the new file replaces the old only after it passed, so malformed
+    XML is refused, never propagated.  What is rewritten:
 
     * the master worksheet part: new ``<row>`` elements (inline strings —
       ``sharedStrings.xml`` is never touched), ``<dimension ref>``,
@@ -99,6 +102,8 @@ import operator
 import os
 import re
 import struct
+import subprocess
+import sys
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -516,18 +521,19 @@ class _SharedStrings:
         self._t = re.compile(rb"<" + p + rb"t(?:\s[^>]*)?>(.*?)</" + p + rb"t>|<" + p + rb"t(?:\s[^>]*)?/>", re.S)
         self._rph = re.compile(rb"<" + p + rb"rPh\b.*?</" + p + rb"rPh>", re.S)
         self._simple = (b"<" + prefix + b"t>", b"</" + prefix + b"t>")
-        # raw: (simple text, rich body, marker of a simple entry) per <si>
-        simple = [t[0] if t[2] else b"" for t in raw]
+        # raw: (simple text, marker of a simple entry, rich body) per <si>, as the regex finds them
+        simple = [t[0] for t in raw]
         joined = b"\x00".join(simple).decode("utf-8", "replace")
         strings: list[str | None] = joined.split("\x00") if raw else []
         if "&" in joined or "_x" in joined or "\r" in joined:
             strings = [_xml_text(simple[i]) if ("&" in st or "_x" in st or "\r" in st) else st  # type: ignore[operator]
                        for i, st in enumerate(strings)]
         self.rich: dict[int, bytes] = {}
-        for i, t in enumerate(raw):
-            if not t[2]:
-                strings[i] = None
-                self.rich[i] = t[1]
+        if len(raw) != sum(1 for t in raw if t[1]):
+            for i, t in enumerate(raw):
+                if not t[1]:
+                    strings[i] = None
+                    self.rich[i] = t[2]
         self.strings = strings
 
     def get(self, index: int) -> str:
@@ -599,7 +605,7 @@ def _load_shared_strings(pkg: _Package) -> _SharedStrings:
     p = re.escape(prefix)
     si = re.compile(rb"<" + p + rb"si(?:\s[^>]*)?(?:/>|>(?:<" + p + rb't(?: xml:space="preserve")?>([^<]*)</' + p
                     + rb"t>(</)" + p + rb"si>|(.*?)</" + p + rb"si>))", re.S)
-    return _SharedStrings([(a, c, b) for a, b, c in si.findall(data)], prefix)
+    return _SharedStrings(si.findall(data), prefix)
 
 
 # --------------------------------------------------------------------------------------------
@@ -937,13 +943,6 @@ def _col_of(letters: bytes) -> int:
     return c
 
 
-def _new_row(number: int, values: dict[int, Value], _new: Callable[[type], object] = object.__new__) -> Row:
-    """Row(number, values) without the frozen dataclass's per-field setattr (100k rows per read)."""
-    row = _new(Row)
-    row.__dict__.update(number=number, values=values)
-    return row  # type: ignore[return-value]
-
-
 def _read_chunk(chunk: bytes, sx: _Sx, sst: _SharedStrings, wanted: set[int] | None,
                 fast: re.Pattern[bytes] | None, rows: list[Row], last_r: int) -> int:
     """Append the rows of one chunk that hold a value; returns the last row number seen.
@@ -996,19 +995,19 @@ def _read_chunk(chunk: bytes, sx: _Sx, sst: _SharedStrings, wanted: set[int] | N
                 d = by_row.get(num) or by_row.setdefault(num, {})
             d[col_get(letters) or _col_of(letters)] = v
         if by_row and len(by_row) == chunk.count(sx.row_tag):      # every row holds a wanted value
-            rows.extend([_new_row(int(nb), d) for nb, d in by_row.items()])
+            rows.extend([Row(int(nb), d) for nb, d in by_row.items()])
             return int(next(reversed(by_row)))
         value_re = sx.value_re
         for nb in sx.row_num_re.findall(chunk):
             d = by_row.get(nb)  # type: ignore[assignment]
             if d is not None:
-                rows.append(_new_row(int(nb), d))
+                rows.append(Row(int(nb), d))
             else:
                 start = chunk.find(sx.row_r + nb + b'"')
                 end = chunk.find(sx.row_tag, start + 1)
                 body = chunk[start:end if end >= 0 else len(chunk)]
                 if value_re.search(body) and _parse_cells(body, sx, sst, set())[1]:
-                    rows.append(_new_row(int(nb), {}))
+                    rows.append(Row(int(nb), {}))
             last_r = int(nb)
         return last_r
     for r, _s0, s1, e in _row_spans(chunk, sx):
@@ -1018,7 +1017,7 @@ def _read_chunk(chunk: bytes, sx: _Sx, sst: _SharedStrings, wanted: set[int] | N
             continue
         vals, any_value = _parse_cells(chunk[s1:e], sx, sst, wanted)
         if any_value:
-            rows.append(_new_row(r, vals))
+            rows.append(Row(r, vals))
     return last_r
 
 
@@ -1234,13 +1233,86 @@ def _check_chunk(chunk: bytes, sx: _Sx, pkg: _Package, part: str) -> None:
                        "Open and re-save the workbook in Excel.")
 
 
-def _scan(pkg: _Package, part: str) -> _Scan:
-    """Validate the whole part (expat) and find the last row holding content."""
+_VALIDATOR = r"""
+import sys, zipfile, zlib
+from xml.parsers import expat
+path, member = sys.argv[1], sys.argv[2]
+p = expat.ParserCreate()
+odd = []
+p.CommentHandler = lambda *a: odd.append("an XML comment")
+p.ProcessingInstructionHandler = lambda *a: odd.append("a processing instruction")
+p.StartCdataSectionHandler = lambda *a: odd.append("a CDATA section")
+p.StartDoctypeDeclHandler = lambda *a: odd.append("a DOCTYPE")
+try:
+    with zipfile.ZipFile(path) as z, z.open(member) as f:
+        while not odd:
+            b = f.read(1 << 22)
+            p.Parse(b, not b)
+            if not b:
+                break
+except expat.ExpatError as e:
+    print(f"is not well-formed XML ({e})")
+    sys.exit(3)
+except (OSError, zipfile.BadZipFile, zlib.error, EOFError, RuntimeError) as e:
+    print(f"cannot be inflated ({e})")
+    sys.exit(3)
+if odd:
+    print(f"holds {odd[0]}, which sop does not edit")
+    sys.exit(3)
+"""
+
+
+class _Validator:
+    """Runs expat over the worksheet part in a child process, on the other core, while we rewrite it.
+
+    Expat costs as much as the rest of an append together and holds the GIL, so on a machine
+    with two or more cores it runs beside the two passes; ``join`` is called before the new file
+    replaces the old one.  With one core, or when no child can be started, validation runs in
+    process (``inline``).
+    """
+
+    def __init__(self, pkg: _Package, part: str) -> None:
+        self.pkg, self.part = pkg, part
+        self.proc: subprocess.Popen[bytes] | None = None
+        if (os.cpu_count() or 1) < 2 or not sys.executable:
+            return
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _VALIDATOR, os.fspath(pkg.path), part],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except OSError:
+            self.proc = None
+
+    @property
+    def inline(self) -> bool:
+        return self.proc is None
+
+    def join(self) -> None:
+        if self.proc is None:
+            return
+        out, err = self.proc.communicate()
+        code = self.proc.returncode
+        self.proc = None
+        if code == 3:
+            raise _damaged(self.pkg.path, f"{self.part} {out.decode(errors='replace').strip()}",
+                           "Open and re-save it in Excel, or restore it from a backup.")
+        if code != 0:
+            raise _damaged(self.pkg.path, f"{self.part} could not be checked (validator exit {code}: "
+                           f"{err.decode(errors='replace').strip()[-300:]})")
+
+    def cancel(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.communicate()
+            self.proc = None
+
+
+def _scan(pkg: _Package, part: str, validate: bool = True) -> _Scan:
+    """Check the part's shape, find the last row holding content, and (``validate``) run expat over it."""
     seg = _Segments()
     scan: _Scan | None = None
     offset = 0
     prev = 0
-    for chunk in _iter_sheet(pkg, part, True, seg):
+    for chunk in _iter_sheet(pkg, part, validate, seg):
         sx = seg.sx
         assert sx is not None
         if scan is None:
@@ -1417,9 +1489,11 @@ def append_rows(path: str | os.PathLike[str], worksheet: str | None,
     if not rows:
         return []
     pkg = _Package(path)
+    validator: _Validator | None = None
     try:
         info = pkg.sheet(worksheet)
-        scan = _scan(pkg, info.part)
+        validator = _Validator(pkg, info.part)
+        scan = _scan(pkg, info.part, validator.inline)
         sx = scan.sx
         first = _clear_of_merges(scan.seg.tail, sx, scan.last_content_row + 1, len(rows))
         numbers = list(range(first, first + len(rows)))
@@ -1467,12 +1541,15 @@ def append_rows(path: str | os.PathLike[str], worksheet: str | None,
         def write(f: BinaryIO) -> None:
             try:
                 _write_package(pkg, f, replace, set())
+                validator.join()
             finally:
                 pkg.close()
 
         fsops.atomic_write(path, write)
         return numbers
     finally:
+        if validator is not None:
+            validator.cancel()
         pkg.close()
 
 
@@ -2244,9 +2321,11 @@ def remove_rows(path: str | os.PathLike[str], worksheet: str | None, numbers: li
         return
     rows = _RowMap(numbers)
     pkg = _Package(path)
+    validator: _Validator | None = None
     try:
         info = pkg.sheet(worksheet)
-        scan = _scan(pkg, info.part)
+        validator = _Validator(pkg, info.part)
+        scan = _scan(pkg, info.part, validator.inline)
         sx = scan.sx
         head, tail = _open_sheetdata(scan.seg, sx)
         head, tail = _remove_outside_rows(pkg, head, tail, rows, info.name)
@@ -2276,9 +2355,12 @@ def remove_rows(path: str | os.PathLike[str], worksheet: str | None, numbers: li
         def write(f: BinaryIO) -> None:
             try:
                 _write_package(pkg, f, replace, drop)
+                validator.join()
             finally:
                 pkg.close()
 
         fsops.atomic_write(path, write)
     finally:
+        if validator is not None:
+            validator.cancel()
         pkg.close()

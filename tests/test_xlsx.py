@@ -357,3 +357,23 @@ def test_prefixed_namespace_as_the_openxml_sdk_writes(tmp_path: Path) -> None:
     assert openpyxl_values(path) == {"A1": "Strategy", "B1": "Run ID", "A2": "b", "B2": "=#REF!+1", "A3": "c",
                                      "B3": "r3"}
     assert calamine_rows(path)[2] == ["c", "r3"]
+
+
+def test_rich_text_and_escaped_shared_strings(tmp_path: Path) -> None:
+    import xlsxwriter
+
+    path = tmp_path / "m.xlsx"
+    wb = xlsxwriter.Workbook(str(path))
+    ws = wb.add_worksheet("Master")
+    bold = wb.add_format({"bold": True})
+    ws.write_row(0, 0, ["Strategy", "RunID"])
+    ws.write_rich_string(1, 0, "alp", bold, "ha", "_beta")
+    ws.write_string(1, 1, "a&b_x000D_\r\nend")
+    ws.write_string(2, 0, "")
+    ws.write_string(2, 1, "plain")
+    wb.close()
+    assert b"<r>" in members(path)["xl/sharedStrings.xml"]
+    t = xlsx.read_table(path, columns=["strategy", "runid"])
+    assert [(r.number, r.values) for r in t.rows] == [(2, {1: "alpha_beta", 2: "a&b_x000D_\r\nend"}),
+                                                      (3, {2: "plain"})]
+    assert calamine_rows(path)[1] == ["alpha_beta", "a&b_x000D_\r\nend"]

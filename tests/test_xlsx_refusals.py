@@ -123,10 +123,19 @@ def test_rows_without_r_are_read_but_not_rewritten(tmp_path: Path, op: Op) -> No
 
 
 @pytest.mark.parametrize("op", WRITES.values(), ids=WRITES.keys())
-def test_comment_in_sheet_data(tmp_path: Path, op: Op) -> None:
+@pytest.mark.parametrize("comment, match", [(b"<!-- note -->", "an XML comment"),
+                                            (b"<!-- <row r='9'> -->", "an XML comment|without an r attribute")])
+def test_comment_in_sheet_data(tmp_path: Path, op: Op, comment: bytes, match: str) -> None:
     path = xlsxwriter_book(tmp_path / "m.xlsx")
-    patch_member(path, SHEET, lambda b: b.replace(b"</row>", b"</row><!-- <row r='9'> -->", 1))
-    refused(path, op, "an XML comment")
+    patch_member(path, SHEET, lambda b: b.replace(b"</row>", b"</row>" + comment, 1))
+    refused(path, op, match)
+
+
+@pytest.mark.parametrize("op", WRITES.values(), ids=WRITES.keys())
+def test_processing_instruction_in_tail(tmp_path: Path, op: Op) -> None:
+    path = xlsxwriter_book(tmp_path / "m.xlsx")
+    patch_member(path, SHEET, lambda b: b.replace(b"</sheetData>", b"</sheetData><?sop hello?>", 1))
+    refused(path, op, "processing instruction")
 
 
 @pytest.mark.parametrize("op", WRITES.values(), ids=WRITES.keys())
@@ -214,3 +223,20 @@ def test_crash_before_replace_leaves_old_workbook_and_a_temp_file(tmp_path: Path
     assert len(temps) == 1 and fsops.is_temp_name(temps[0])
     with zipfile.ZipFile(tmp_path / temps[0]) as z:      # the new workbook was complete before the replace
         assert z.testzip() is None
+
+
+def test_validation_in_process_on_one_core(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one CPU the part is checked in process (no validator child): same refusals, same result."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    started: list[object] = []
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a) or real_popen(*a, **k))
+    path = xlsxwriter_book(tmp_path / "m.xlsx", rows=data_rows(5))
+    patch_member(path, SHEET, lambda b: b.replace(b"</c></row>", b"</c></rwo>", 1))
+    refused(path, APPEND, "not well-formed")
+    path = xlsxwriter_book(tmp_path / "n.xlsx", rows=data_rows(5))
+    patch_member(path, SHEET, lambda b: b.replace(b"</row>", b"</row><!-- x -->", 1))
+    refused(path, REMOVE, "an XML comment")
+    path = xlsxwriter_book(tmp_path / "o.xlsx", rows=data_rows(5))
+    assert xlsx.append_rows(path, None, [{1: "x"}]) == [7]
+    assert started == []
