@@ -3,16 +3,17 @@
 People edit the Master Sheet by hand, in Excel or LibreOffice, and decorate it
 with tables, filters, charts, formulas on other sheets, sparklines and macros.
 A round trip through a workbook model (openpyxl) loses some of that and costs
-~50 s and ~1.4 GB at 100k rows, so this module never builds one.  It treats
-the .xlsx/.xlsm as what it is — a zip of XML parts — and edits bytes.
+~25-50 s and ~0.8-1.4 GB at 100k rows, so this module never builds one.  It
+treats the .xlsx/.xlsm as what it is — a zip of XML parts — and edits bytes.
 
 Reading (:func:`read_table`)
-    Inflates the master worksheet part in chunks that end on a ``<row``
-    boundary and scans them with compiled byte regexes: the header rows
-    (1–10) cell by cell, then only the columns asked for.  Shared strings are
-    indexed once and decoded on demand.  Nothing else in the zip is read
-    beyond ``[Content_Types].xml``-free look-ups: ``_rels/.rels``, the
-    workbook part and its relationships.
+    Inflates the master worksheet part in 4 MB chunks cut at ``<row``
+    boundaries and scans them with compiled byte regexes: rows 1–10 cell by
+    cell until the header is found, then only the cells of the columns asked
+    for.  Shared strings are decoded in bulk (rich ones on first use).  The
+    only other parts read are ``_rels/.rels``, the workbook part and its
+    rels.  Reading does not check the whole part's well-formedness (writes
+    do): a damaged part may read oddly, but it is never rewritten.
 
 Writing (:func:`append_rows`, :func:`remove_rows`)
     Two streaming passes over the master worksheet part.  The first checks
@@ -24,73 +25,88 @@ Writing (:func:`append_rows`, :func:`remove_rows`)
     and the new file replaces the old only after it passed, so malformed
     XML is refused, never propagated.  What is rewritten:
 
-    * the master worksheet part: new ``<row>`` elements (inline strings —
-      ``sharedStrings.xml`` is never touched), ``<dimension ref>``,
-      ``<autoFilter ref>``; on removal every row/cell reference below the
-      removed rows, merged cells, conditional formatting and data
-      validation ``sqref``, hyperlink ``ref``, pane/selection cells, and
-      same-sheet references inside the sheet's own formulas;
-    * the sheet's table parts (``ref`` and their ``<autoFilter ref>``), when
-      a table must grow or move;
+    * the master worksheet part: on append new ``<row>`` elements (inline
+      strings: ``sharedStrings.xml`` is never touched), ``<dimension ref>``
+      and ``<autoFilter ref>``; on removal the rows and cells below the
+      removed rows and every range listed under *Removing*;
+    * the sheet's table parts (``ref``, ``<autoFilter ref>``, sort state),
+      when a table must grow or move;
     * on removal only, when the workbook has ``xl/calcChain.xml``: that part
       is dropped, with its ``<Override>`` in ``[Content_Types].xml`` and its
       ``<Relationship>`` in the workbook's rels (Excel rebuilds it).
 
-    Every other zip member is copied with its compressed bytes untouched
-    (so its uncompressed bytes are identical), in the original order, with
-    its name, time stamp and attributes.  The zip container is written anew.
-    Every write goes through :func:`journal.fsops.atomic_write`.
+    Untouched rows are copied byte for byte.  Every other zip member is
+    copied with its compressed bytes (so its uncompressed bytes are
+    identical), in the original order, with its name, time stamp and
+    attributes; the zip container itself is written anew (no ZIP64: a part
+    over 4 GB is refused).  ``docProps`` are left alone.  Every write goes
+    through :func:`journal.fsops.atomic_write`.
 
 Appending
     Rows go after the last row that holds content — a non-empty value, an
     inline string, or any formula (a formula is never overwritten, even one
-    with no cached value) — and below any merged range they would overlap.  Empty but formatted ``<row>`` elements below
-    that row are merged with the new rows (their attributes and the style of
-    the empty cell a value lands in are kept), so row numbers stay unique
-    and ascending.  Ranges grow: the dimension, and every table or
-    autofilter that holds the last content row and shares a column with
-    the new cells, grows down to the last new row.
+    with no cached value) — and below any merged range they would overlap.
+    Empty but formatted ``<row>`` elements there are merged with the new
+    rows (their attributes, and the style of an empty cell a value lands in,
+    are kept), so row numbers stay unique and ascending.  The dimension
+    grows to cover the new cells; every table or autofilter that holds the
+    last content row and shares a column with the new cells grows down to
+    the last new row.  A table's calculated columns are not filled in.
 
 Removing (Excel's Delete Row)
-    Listed rows disappear, the rows below move up, and every range inside
-    the master worksheet part and its tables moves with them; a range whose
-    rows are all removed is dropped (a merge, a conditional format, a
-    validation, a hyperlink) or refused (a table, whose header cannot go).
-    The sheet's own formulas are rewritten the way Excel would: references
-    to this sheet (unqualified, or qualified with its own name) that point
-    below a removed row move up, a range that spans one shrinks, and a
-    reference to a removed cell becomes ``#REF!``.  Shared formulas keep
-    working: their ``ref`` moves, and when the row holding a group's master
-    formula is removed the next cell of the group becomes the master, with
-    the formula translated to its position.  References from *other* parts
-    (other sheets' formulas, defined names, charts, pivot caches) are left
-    as they are; they may then point one row off, as the man page says.
+    Listed rows disappear and the rows below move up, with every range in
+    the master worksheet part: dimension, merged cells, conditional formats
+    and data validations (with their 2010 ``extLst`` twins), hyperlinks,
+    autofilter and sort state, protected ranges, ignored errors, cell
+    watches, row breaks, sparkline locations, and the sheet's table parts.
+    A range that loses all its rows is dropped (a merge that shrinks to one
+    cell too); a table keeps its header and at least one (empty) data row,
+    and removing a table's header or total row is refused.  Pane and
+    selection cells stay where they are.
+
+    The sheet's own formulas follow their targets as in Excel: references
+    to this sheet (unqualified, or qualified with its own name) below a
+    removed row move up, a range spanning one shrinks, a reference to a
+    removed cell becomes ``#REF!``.  Conditional-format and validation
+    formulas are relative to their range, so their relative rows keep their
+    distance to the range's (new) top row.  Shared formulas are written out
+    cell by cell, each translated to its cell and then shifted; an array
+    formula that a removal would cut, or a data table, is refused.
+    References from *other* parts — other sheets' formulas, defined names,
+    charts, pivot caches — and the anchors of comments and drawings are
+    left as they are, so they may point at other rows afterwards (the man
+    page says so).  A removed hyperlink's relationship stays, unused.
 
 Values read back
     Shared, inline and formula (``t="str"``) strings → ``str``; numbers →
     ``int`` when integral (``123.0`` → ``123``), else ``float``
     (date-formatted numbers stay serial numbers); booleans → ``bool``; error
-    cells → their text (``"#N/A"``).  Empty strings are no value.
+    cells → their text (``"#N/A"``); ``t="d"`` cells → their ISO text.
+    Empty strings are no value.
 
 Values written
     ``bool`` → ``t="b"``; ``int``/``float`` → a number, except integers of
     more than 15 significant digits, NaN and infinities, which become text;
-    ``str`` → an inline string (text starting with ``=`` is text, never a
-    formula: this module never writes ``<f>``).  Text over 32,767 characters
-    or holding characters XML 1.0 cannot carry is refused (:class:`Refused`).
+    ``str`` → an inline string (text starting with ``=``, ``+``, ``-``,
+    ``@``, tab or CR is text, never a formula: this module never writes
+    ``<f>``).  Text over 32,767 characters or holding characters XML 1.0
+    cannot carry is refused (:class:`Refused`), as is any other type.
 
 Refusals
     :class:`SheetDamaged` (exit 5), the file untouched: not a zip, an
-    encrypted workbook or legacy ``.xls`` (OLE compound file), strict OOXML,
-    a missing workbook/worksheet part, malformed XML, a DOCTYPE, and, for
-    writes, anything in the master sheet's XML outside the shape written by
-    Excel, LibreOffice, openpyxl and XlsxWriter (rows or cells without an
-    ``r`` attribute, rows out of order, comments/CDATA inside the sheet data,
-    a table with a totals row that would have to grow, array formulas that a
-    removal would cut).  A sheet without a header row is *not* an error for
-    :func:`read_table`: it returns ``header_row=0`` and empty ``columns``,
-    and the caller refuses it.  ``PermissionError`` from writing propagates
-    unchanged (the caller reads it as "the sheet is locked").
+    encrypted workbook or legacy ``.xls`` (OLE compound file), Strict OOXML,
+    a missing workbook/worksheet part or worksheet name, a corrupt zip
+    member, a DOCTYPE, a non-UTF-8 part, and for writes malformed XML and
+    anything outside the shape Excel, LibreOffice, openpyxl and XlsxWriter
+    write (rows or cells without an ``r`` attribute or with ``r`` not
+    first, rows out of order, comments, processing instructions or CDATA,
+    namespace declarations among the rows, a table with a totals row that
+    would have to grow, scenarios, data consolidation, smart tags).  A sheet
+    without a header row is *not* an error for :func:`read_table`: it
+    returns ``header_row=0`` and empty ``headers``/``columns`` (the caller
+    refuses it).  ``PermissionError`` and other ``OSError`` from writing
+    propagate unchanged (the caller reads PermissionError as "the sheet is
+    locked").
 """
 
 from __future__ import annotations
@@ -209,13 +225,6 @@ def col_index(letters: str | bytes) -> int:
 
 
 _REF_RE = re.compile(r"^\$?([A-Za-z]{1,3})\$?(\d+)$")
-
-
-def _parse_ref(ref: str) -> tuple[int, int]:
-    m = _REF_RE.match(ref)
-    if not m:
-        raise ValueError(ref)
-    return col_index(m.group(1)), int(m.group(2))
 
 
 @dataclass
@@ -411,6 +420,7 @@ class _Package:
             if info.flag_bits & 0x1:
                 raise _damaged(path, f"zip member {info.filename} is encrypted")
             self.names[info.filename] = info
+        self.names_ci = {n.casefold(): n for n in self.names}   # OPC part names are case-insensitive
         if "EncryptedPackage" in self.names or "EncryptionInfo" in self.names:
             raise _damaged(path, "is an encrypted workbook", "Remove the password in Excel.")
         rels = self.rels("")
@@ -486,8 +496,10 @@ class _Package:
         for el in root.iter(f"{{{NS_PKG_RELS}}}Relationship"):
             external = el.get("TargetMode") == "External"
             target = el.get("Target") or ""
-            out.append(_Rel(el.get("Id") or "", el.get("Type") or "",
-                            target if external else _resolve_target(part, target), external))
+            if not external:
+                target = _resolve_target(part, target)
+                target = self.names_ci.get(target.casefold(), target)
+            out.append(_Rel(el.get("Id") or "", el.get("Type") or "", target, external))
         return out
 
     def sheet(self, worksheet: str | None) -> _SheetInfo:
@@ -634,25 +646,11 @@ class _Sx:
         self.content_re = re.compile(rb"<" + p + rb"v(?:\s[^>]*)?>[^<]|<" + p + rb"t(?:\s[^>]*)?>[^<]|<"
                                      + p + rb"f[\s>/]")
         self.sst = _SharedStrings([], prefix)   # for inline rich text
-        # fast-path sanity counters
-        self.c_any = (b"<" + p0 + b"c ", b"<" + p0 + b"c>", b"<" + p0 + b"c/>", b"<" + p0 + b"c\n",
-                      b"<" + p0 + b"c\t", b"<" + p0 + b"c\r")
-        self.c_r = b"<" + p0 + b'c r="'
-        self.row_any = (b"<" + p0 + b"row ", b"<" + p0 + b"row>", b"<" + p0 + b"row/>", b"<" + p0 + b"row\n",
-                        b"<" + p0 + b"row\t", b"<" + p0 + b"row\r")
-        self.row_r = b"<" + p0 + b'row r="'
         self.no_r_re = re.compile(rb"<" + p + rb"""(?:c|row)(?! r=")[\s>/]""")
         self.row_num_re = re.compile(rb"<" + p + rb'row r="(\d+)"')
-        self.is_simple_re = re.compile(rb"<" + p + rb"is><" + p + rb't(?: xml:space="preserve")?>([^<]*)</' + p
-                                       + rb"t></" + p + rb"is>\Z")
+        self.row_r = b"<" + p0 + b'row r="'
         self.v_open = b"<" + p0 + b"v>"
         self.v_close = b"</" + p0 + b"v>"
-
-    def cells_have_r(self, seg: bytes) -> bool:
-        return sum(seg.count(t) for t in self.c_any) == seg.count(self.c_r)
-
-    def rows_have_r(self, seg: bytes) -> bool:
-        return sum(seg.count(t) for t in self.row_any) == seg.count(self.row_r)
 
     def cell_value(self, attrs: bytes, inner: bytes | None, sst: _SharedStrings) -> Value | None:
         """The value a cell shows (its cached value for formulas); None when empty."""
@@ -1088,10 +1086,6 @@ def _cell_xml(p: bytes, ref: str, t: bytes, payload: str, style: bytes | None) -
 
 def _attr_re(name: bytes) -> re.Pattern[bytes]:
     return re.compile(rb"(\s" + re.escape(name) + rb"""\s*=\s*)(["'])(.*?)\2""", re.S)
-
-
-_REF_ATTR = _attr_re(b"ref")
-_SQREF_ATTR = _attr_re(b"sqref")
 
 
 def _get_attr(tag: bytes, name: bytes) -> str | None:
@@ -2178,7 +2172,6 @@ class _RowShifter:
         self.f_tag = b"<" + sx.prefix + b"f"
         self.f_re = re.compile(rb"<" + p + rb"f(\s[^>]*)?(?:/>|>(.*?)</" + p + rb"f>)", re.S)
         self.shared: dict[str, tuple[int, int, str]] = {}
-        self.orphans: set[str] = set()
 
     def chunk(self, chunk: bytes) -> bytes:
         sx, rows = self.sx, self.rows

@@ -377,3 +377,20 @@ def test_rich_text_and_escaped_shared_strings(tmp_path: Path) -> None:
     assert [(r.number, r.values) for r in t.rows] == [(2, {1: "alpha_beta", 2: "a&b_x000D_\r\nend"}),
                                                       (3, {2: "plain"})]
     assert calamine_rows(path)[1] == ["alpha_beta", "a&b_x000D_\r\nend"]
+
+
+def test_empty_sheet_self_closing_sheet_data(tmp_path: Path) -> None:
+    import xlsxwriter
+
+    path = tmp_path / "m.xlsx"
+    wb = xlsxwriter.Workbook(str(path))
+    wb.add_worksheet("Master")
+    wb.close()
+    assert b"<sheetData/>" in members(path)[SHEET]
+    t = xlsx.read_table(path)
+    assert (t.header_row, t.rows) == (0, [])
+    xlsx.remove_rows(path, None, [1])                       # nothing to move, still a valid sheet
+    assert xlsx.append_rows(path, None, [{1: "Strategy", 2: "RunID"}, {1: "a", 2: "b"}]) == [1, 2]
+    t = xlsx.read_table(path)
+    assert t.header_row == 1 and [r.values for r in t.rows] == [{1: "a", 2: "b"}]
+    assert calamine_rows(path) == [["Strategy", "RunID"], ["a", "b"]]

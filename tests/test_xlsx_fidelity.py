@@ -165,3 +165,12 @@ def test_soffice_available_or_reason() -> None:
     """Document in the test log whether the LibreOffice checks ran."""
     if shutil.which("soffice") is None:
         pytest.skip("LibreOffice (soffice) is not installed: LibreOffice round trips were skipped")
+
+
+def test_created_workbook_opens_in_libreoffice(tmp_path: Path) -> None:
+    soffice_or_skip()
+    path = tmp_path / "Strategy_Master_Filter.xlsx"
+    xlsx.create_workbook(path, ["Strategy", "RunID", "TxID", "CommittedAt"])
+    xlsx.append_rows(path, None, [{1: "alpha", 2: "run-1", 3: "tx1", 4: "2025-01-01T00:00:00Z"}])
+    assert soffice_csv(path, tmp_path / "lo") == [["Strategy", "RunID", "TxID", "CommittedAt"],
+                                                  ["alpha", "run-1", "tx1", "2025-01-01T00:00:00Z"]]
