@@ -179,6 +179,7 @@ HEADER_SCAN_ROWS = 10
 CHUNK = 1 << 22                     # inflate this much at a time
 SHEET_COMPRESSLEVEL = 1             # deflate level of the rewritten sheet: 0.2 s less at 100k rows, ~20% larger
 SMALL_COMPRESSLEVEL = 6
+VALIDATOR_MIN_BYTES = 8 << 20       # below this a worksheet part is checked in process (a child costs ~50 ms)
 
 NS_MAIN = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
 NS_STRICT_MAIN = "http://purl.oclc.org/ooxml/spreadsheetml/main"
@@ -1215,7 +1216,6 @@ class _Scan:
     last_content_end: int = 0      # offset, in the sheetData body, just after that row's element
     max_row: int = 0
     body_len: int = 0
-    rows_with_formulas: bool = False
 
 
 def _check_chunk(chunk: bytes, sx: _Sx, pkg: _Package, part: str) -> None:
@@ -1261,14 +1261,14 @@ class _Validator:
 
     Expat costs as much as the rest of an append together and holds the GIL, so on a machine
     with two or more cores it runs beside the two passes; ``join`` is called before the new file
-    replaces the old one.  With one core, or when no child can be started, validation runs in
-    process (``inline``).
+    replaces the old one.  With one core, a part small enough that starting a child costs more
+    than it saves, or when no child can be started, validation runs in process (``inline``).
     """
 
     def __init__(self, pkg: _Package, part: str) -> None:
         self.pkg, self.part = pkg, part
         self.proc: subprocess.Popen[bytes] | None = None
-        if (os.cpu_count() or 1) < 2 or not sys.executable:
+        if (os.cpu_count() or 1) < 2 or not sys.executable or pkg.names[part].file_size < VALIDATOR_MIN_BYTES:
             return
         try:
             self.proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _VALIDATOR, os.fspath(pkg.path), part],
@@ -1321,8 +1321,6 @@ def _scan(pkg: _Package, part: str, validate: bool = True) -> _Scan:
                                "Open and re-save the workbook in Excel.")
             prev = nums[-1]
             scan.max_row = nums[-1]
-        if b"<" + sx.prefix + b"f" in chunk:
-            scan.rows_with_formulas = True
         end = len(chunk)
         while end > 0:
             s0 = chunk.rfind(sx.row_tag, 0, end)

@@ -27,6 +27,17 @@ ALL = {"read": READ, "append": APPEND, "remove": REMOVE}
 WRITES = {"append": APPEND, "remove": REMOVE}
 
 
+@pytest.fixture(params=["child", "inline"])
+def validator(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the whole-part XML check in a child process (as for big sheets) or in process."""
+    if request.param == "child":
+        monkeypatch.setattr(xlsx, "VALIDATOR_MIN_BYTES", 0)
+        monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    else:
+        monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    return str(request.param)
+
+
 def refused(path: Path, op: Op, match: str) -> None:
     """``op`` raises SheetDamaged matching ``match`` and leaves the folder exactly as it was."""
     listing = sorted(os.listdir(path.parent))
@@ -60,6 +71,7 @@ def test_truncated_zip(tmp_path: Path, op: Op) -> None:
 
 
 @pytest.mark.parametrize("op", ALL.values(), ids=ALL.keys())
+@pytest.mark.usefixtures("validator")
 def test_corrupt_member(tmp_path: Path, op: Op) -> None:
     path = xlsxwriter_book(tmp_path / "m.xlsx", rows=data_rows(40))
     with zipfile.ZipFile(path) as z:
@@ -99,6 +111,7 @@ def test_strict_worksheet_namespace(tmp_path: Path, op: Op) -> None:
 
 
 @pytest.mark.parametrize("op", ALL.values(), ids=ALL.keys())
+@pytest.mark.usefixtures("validator")
 def test_doctype(tmp_path: Path, op: Op) -> None:
     path = xlsxwriter_book(tmp_path / "m.xlsx")
     patch_member(path, SHEET, lambda b: b.replace(b"?>\n", b'?>\n<!DOCTYPE worksheet [<!ENTITY e "boom">]>', 1))
@@ -106,6 +119,7 @@ def test_doctype(tmp_path: Path, op: Op) -> None:
 
 
 @pytest.mark.parametrize("op", WRITES.values(), ids=WRITES.keys())
+@pytest.mark.usefixtures("validator")
 def test_malformed_sheet_xml(tmp_path: Path, op: Op) -> None:
     path = xlsxwriter_book(tmp_path / "m.xlsx", rows=data_rows(5))
     patch_member(path, SHEET, lambda b: b.replace(b"</c></row>", b"</c></rwo>", 1))
@@ -125,6 +139,7 @@ def test_rows_without_r_are_read_but_not_rewritten(tmp_path: Path, op: Op) -> No
 @pytest.mark.parametrize("op", WRITES.values(), ids=WRITES.keys())
 @pytest.mark.parametrize("comment, match", [(b"<!-- note -->", "an XML comment"),
                                             (b"<!-- <row r='9'> -->", "an XML comment|without an r attribute")])
+@pytest.mark.usefixtures("validator")
 def test_comment_in_sheet_data(tmp_path: Path, op: Op, comment: bytes, match: str) -> None:
     path = xlsxwriter_book(tmp_path / "m.xlsx")
     patch_member(path, SHEET, lambda b: b.replace(b"</row>", b"</row>" + comment, 1))
@@ -132,6 +147,7 @@ def test_comment_in_sheet_data(tmp_path: Path, op: Op, comment: bytes, match: st
 
 
 @pytest.mark.parametrize("op", WRITES.values(), ids=WRITES.keys())
+@pytest.mark.usefixtures("validator")
 def test_processing_instruction_in_tail(tmp_path: Path, op: Op) -> None:
     path = xlsxwriter_book(tmp_path / "m.xlsx")
     patch_member(path, SHEET, lambda b: b.replace(b"</sheetData>", b"</sheetData><?sop hello?>", 1))
@@ -225,18 +241,16 @@ def test_crash_before_replace_leaves_old_workbook_and_a_temp_file(tmp_path: Path
         assert z.testzip() is None
 
 
-def test_validation_in_process_on_one_core(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With one CPU the part is checked in process (no validator child): same refusals, same result."""
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+@pytest.mark.parametrize("cpus, threshold, child", [(1, 0, False), (2, 0, True), (2, 1 << 30, False)])
+def test_when_the_validator_child_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpus: int, threshold: int,
+                                       child: bool) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    monkeypatch.setattr(xlsx, "VALIDATOR_MIN_BYTES", threshold)
     started: list[object] = []
     real_popen = subprocess.Popen
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a) or real_popen(*a, **k))
-    path = xlsxwriter_book(tmp_path / "m.xlsx", rows=data_rows(5))
-    patch_member(path, SHEET, lambda b: b.replace(b"</c></row>", b"</c></rwo>", 1))
-    refused(path, APPEND, "not well-formed")
-    path = xlsxwriter_book(tmp_path / "n.xlsx", rows=data_rows(5))
-    patch_member(path, SHEET, lambda b: b.replace(b"</row>", b"</row><!-- x -->", 1))
-    refused(path, REMOVE, "an XML comment")
     path = xlsxwriter_book(tmp_path / "o.xlsx", rows=data_rows(5))
     assert xlsx.append_rows(path, None, [{1: "x"}]) == [7]
-    assert started == []
+    xlsx.remove_rows(path, None, [2])
+    assert len(started) == (2 if child else 0)
+    assert [r.values[1] for r in xlsx.read_table(path).rows][-1] == "x"
