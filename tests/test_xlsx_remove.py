@@ -234,3 +234,46 @@ def test_remove_every_data_row_of_a_table_keeps_one_empty_row(tmp_path: Path) ->
     assert '<table xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" id="1" name="Runs" ' \
            'displayName="Runs" ref="A1:B3"' in members(path)["xl/tables/table1.xml"].decode()
     assert calamine_rows(path) == [["Strategy", "RunID"], ["again", "r"], ["more", "s"]]
+
+
+# ---------------------------------------------------------------------------------------- formulas
+
+
+@pytest.mark.parametrize("before, after", [
+    ("A1+A4+A5", "A1+#REF!+A4"),
+    ("SUM(F2:F7)", "SUM(F2:F6)"),
+    ("SUM(F4:F4)", "SUM(#REF!)"),
+    ("SUM($F$4:$F$9)", "SUM($F$4:$F$8)"),                 # the range loses its first row
+    ("Master!B5*2+'Master'!B6+master!B7", "Master!B4*2+'Master'!B5+master!B6"),
+    ("Summary!B5+'Other sheet'!B5+[1]Master!B5", "Summary!B5+'Other sheet'!B5+[1]Master!B5"),
+    ('"A5"&A5&"say ""A5"""', '"A5"&A4&"say ""A5"""'),   # text is not a reference
+    ("LOG10(A5)+ATAN2(1,2)", "LOG10(A4)+ATAN2(1,2)"),      # function names are not references
+    ("Runs[@Trades]*2+Runs[[#This Row],[A5]]", "Runs[@Trades]*2+Runs[[#This Row],[A5]]"),
+    ("ROWS(3:7)+ROWS(4:4)+COUNT(B:B)", "ROWS(3:6)+ROWS(#REF!)+COUNT(B:B)"),
+    ("XFD5+XFE5+A1048576", "XFD4+XFE5+A1048575"),          # XFE is past the last column: a name
+    ("MyName+_x+A3", "MyName+_x+A3"),
+])
+def test_shift_formula(before: str, after: str) -> None:
+    assert xlsx.shift_formula(before, xlsx._RowMap([4]), "Master") == after
+
+
+def test_shift_formula_relative_to_a_range() -> None:
+    rows = xlsx._RowMap([2])
+    # a conditional format on E2:E7 (now E2:E6): relative rows keep their distance to the top row
+    assert xlsx.shift_formula("E2>1", rows, "M", anchor=(2, 2)) == "E2>1"
+    assert xlsx.shift_formula("E3>E2", rows, "M", anchor=(2, 2)) == "E3>E2"
+    assert xlsx.shift_formula("E2>$E$9", rows, "M", anchor=(2, 2)) == "E2>$E$8"
+    assert xlsx.shift_formula("E5>0", xlsx._RowMap([2]), "M", anchor=(5, 4)) == "E4>0"
+
+
+def test_translate_formula() -> None:
+    assert xlsx.translate_formula("A2*2+$B$1+Sheet2!C2+SUM(1:2)+B$3", 3, 1) == "B5*2+$B$1+Sheet2!D5+SUM(4:5)+C$3"
+    assert xlsx.translate_formula("A1", -1, 0) == "#REF!"
+    assert xlsx.translate_formula('"A1"&A1', 1, 0) == '"A1"&A2'
+
+
+def test_row_map() -> None:
+    m = xlsx._RowMap([3, 5, 6])
+    assert [m.row(r) for r in range(1, 9)] == [1, 2, None, 3, None, None, 4, 5]
+    assert m.span(3, 3) is None and m.span(2, 6) == (2, 3) and m.span(5, 9) == (4, 6)
+    assert m.sqref("A3 B2:B4 C5:D6 E1:E1048576") == "B2:B3 E1:E1048576"
