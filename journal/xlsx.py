@@ -1268,7 +1268,8 @@ class _Validator:
     def __init__(self, pkg: _Package, part: str) -> None:
         self.pkg, self.part = pkg, part
         self.proc: subprocess.Popen[bytes] | None = None
-        if (os.cpu_count() or 1) < 2 or not sys.executable or pkg.names[part].file_size < VALIDATOR_MIN_BYTES:
+        if ((os.cpu_count() or 1) < 2 or not sys.executable or getattr(sys, "frozen", False)
+                or pkg.names[part].file_size < VALIDATOR_MIN_BYTES):
             return
         try:
             self.proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _VALIDATOR, os.fspath(pkg.path), part],
@@ -1283,15 +1284,17 @@ class _Validator:
     def join(self) -> None:
         if self.proc is None:
             return
-        out, err = self.proc.communicate()
+        out, _err = self.proc.communicate()
         code = self.proc.returncode
         self.proc = None
         if code == 3:
             raise _damaged(self.pkg.path, f"{self.part} {out.decode(errors='replace').strip()}",
                            "Open and re-save it in Excel, or restore it from a backup.")
-        if code != 0:
-            raise _damaged(self.pkg.path, f"{self.part} could not be checked (validator exit {code}: "
-                           f"{err.decode(errors='replace').strip()[-300:]})")
+        if code != 0:   # the child itself failed (killed, no memory…): check in process instead
+            seg = _Segments()
+            for _ in _iter_sheet(self.pkg, self.part, True, seg):
+                pass
+            _check_odd(self.pkg, self.part, seg)
 
     def cancel(self) -> None:
         if self.proc is not None:

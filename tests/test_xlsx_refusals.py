@@ -254,3 +254,14 @@ def test_when_the_validator_child_runs(tmp_path: Path, monkeypatch: pytest.Monke
     xlsx.remove_rows(path, None, [2])
     assert len(started) == (2 if child else 0)
     assert [r.values[1] for r in xlsx.read_table(path).rows][-1] == "x"
+
+
+def test_a_failing_validator_child_falls_back_to_checking_in_process(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(xlsx, "VALIDATOR_MIN_BYTES", 0)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(xlsx, "_VALIDATOR", "import os; os._exit(9)")
+    path = xlsxwriter_book(tmp_path / "m.xlsx", rows=data_rows(5))
+    assert xlsx.append_rows(path, None, [{1: "x"}]) == [7]
+    patch_member(path, SHEET, lambda b: b.replace(b"</c></row>", b"</c></rwo>", 1))
+    refused(path, APPEND, "not well-formed")
