@@ -164,7 +164,7 @@ def init(root: PathArg = None, *, now: datetime | None = None) -> InitResult:
     cfg = load_config(r) if config_path.exists() else None
     ws = Workspace(r, cfg or load_config(r))
     if ws.sheet.exists():
-        sheet.read(ws)          # refuse (exit 5) one we cannot read, or without Strategy/RunID
+        sheet.read(ws, cache=False)   # refuse (exit 5) one we cannot read, or without Strategy/RunID
     if not sop.is_dir():
         fsops.mkdir(sop)
         created.append(".sop/")
@@ -288,7 +288,7 @@ def _get(ws: Workspace, w: wal.Writer, txid: str) -> wal.TxState:
     return tx
 
 
-def _gate(ws: Workspace, tx: wal.TxState) -> dict[str, Any]:
+def _gate(ws: Workspace, tx: wal.TxState, now: datetime) -> dict[str, Any]:
     """The validation gate (SPEC §5 sop-commit); Refused with the reason, the transaction left open."""
     meta_path = ws.strategy_dir(tx.strategy) / "run_metadata.json"
     where = _rel(ws, meta_path)
@@ -329,7 +329,12 @@ def _gate(ws: Workspace, tx: wal.TxState) -> dict[str, Any]:
     rdir = ws.run_dir(tx.run_id)
     if not rdir.is_dir() or rdir.is_symlink():
         raise Refused(f"Validation failed: the run snapshot {_rel(ws, rdir)}/ does not exist.", detail=hint)
-    return meta
+    row = sheet.row_from_metadata(meta, tx.strategy, tx.run_id, tx.txid, now.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    try:
+        sheet.check_row(view, row)
+    except Refused as e:
+        raise Refused(f"Validation failed: {where}: {e.message}", detail=hint) from None
+    return row
 
 
 def commit(txid: str, *, defer_on_lock: bool = False, root: PathArg = None, now: datetime | None = None,
@@ -349,8 +354,7 @@ def commit(txid: str, *, defer_on_lock: bool = False, root: PathArg = None, now:
             raise WrongState(f"transaction {txid} is {tx.state}; only a begun or deferred transaction can be "
                              "committed", detail="Action: start a new run with 'sop-begin'.")
         if tx.state == "begun":
-            meta = _gate(ws, tx)
-            row = sheet.row_from_metadata(meta, tx.strategy, tx.run_id, txid, now.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            row = _gate(ws, tx, now)
             w.append(txid, "decide", {"row": row}, now=now)
     result = flush(ws, want=txid, now=now, sleep=sleep)
     if result.locked_by is None:
@@ -497,10 +501,10 @@ def _finish_rollback(ws: Workspace, w: wal.Writer, tx: wal.TxState, now: datetim
 
 
 def abort(txid: str, *, delete: bool = False, root: PathArg = None, now: datetime | None = None,
-          env: dict[str, str] | None = None) -> AbortResult:
+          env: dict[str, str] | None = None, reason: str = "aborted by sop-abort") -> AbortResult:
     """Roll a transaction back: quarantine its folders to ``_FAILED_<ts>``, or delete them."""
     ws = open_workspace(root, env)
-    return rollback(ws, txid, reason="aborted by sop-abort", delete=delete, now=now)
+    return rollback(ws, txid, reason=reason, delete=delete, now=now)
 
 
 # ---------------------------------------------------------------- the context manager and sop-run
@@ -517,15 +521,16 @@ def transaction(strategy: str | None = None, *, run_id: str | None = None, direc
     tx = begin(strategy, run_id=run_id, directive=directive, owner_pid=os.getpid(), root=root, now=now)
     try:
         yield tx
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(SopError):
-            abort(tx.txid, root=root, now=now)
+            abort(tx.txid, root=root, now=now, reason=f"the block raised {type(e).__name__}")
         raise
     try:
         commit(tx.txid, defer_on_lock=defer_on_lock, root=root, now=now)
-    except Refused:
+    except Refused as e:
         with contextlib.suppress(SopError):
-            abort(tx.txid, root=root, now=now)
+            ab = abort(tx.txid, root=root, now=now, reason="the commit gate refused the run")
+            e.detail = _rolled_back_detail(ab)
         raise
 
 
@@ -558,7 +563,7 @@ def run(cmd: Sequence[str], strategy: str | None = None, *, run_id: str | None =
     try:
         proc = subprocess.Popen(list(cmd), env=child_env, stdout=stdout)
     except OSError as e:
-        ab = abort(tx.txid, root=root)
+        ab = abort(tx.txid, root=root, reason=f"the command could not start: {e.strerror}")
         err = Refused(f"cannot run {cmd[0]!r}: {e.strerror}; transaction {tx.txid} rolled back")
         return RunResult(tx.txid, tx.strategy, tx.run_id, 127, ab.state, 127, error=err, abort=ab)
 
@@ -575,16 +580,22 @@ def run(cmd: Sequence[str], strategy: str | None = None, *, run_id: str | None =
     if status < 0:
         status = 128 - status
     if status != 0:
-        ab = abort(tx.txid, root=root)
+        ab = abort(tx.txid, root=root, reason=f"the command exited with status {status}")
         return RunResult(tx.txid, tx.strategy, tx.run_id, status, ab.state, status, abort=ab)
     try:
         c = commit(tx.txid, defer_on_lock=defer_on_lock, root=root)
         return RunResult(tx.txid, tx.strategy, tx.run_id, 0, c.state, 0, commit=c)
     except Refused as e:
-        ab = abort(tx.txid, root=root)
+        ab = abort(tx.txid, root=root, reason="the commit gate refused the run")
+        e.detail = _rolled_back_detail(ab)
         return RunResult(tx.txid, tx.strategy, tx.run_id, 0, ab.state, e.exit_code, error=e, abort=ab)
     except SopError as e:
         return RunResult(tx.txid, tx.strategy, tx.run_id, 0, _state_of(root, tx.txid), e.exit_code, error=e)
+
+
+def _rolled_back_detail(ab: AbortResult) -> str:
+    moved = ", ".join(f"{k} -> {v}" for k, v in ab.moved.items()) or "nothing to move"
+    return f"The run was rolled back ({ab.txid}); quarantined: {moved}. Fix the cause and run it again."
 
 
 def _state_of(root: PathArg, txid: str) -> str:

@@ -173,7 +173,7 @@ def _cache_path(ws: Workspace, path: Path) -> Path:
     return ws.cache_dir / f"sheet-index-{h}.msgpack"
 
 
-def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None) -> SheetView:
+def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None, cache: bool = True) -> SheetView:
     """Read the Master Sheet's index; refuse (exit 5) one without Strategy and RunID columns.
 
     The index (strategies and run ids with their rows) is cached in
@@ -183,8 +183,8 @@ def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None) 
     """
     path = path or ws.sheet
     _check_readable(path)
-    if all_columns:
-        return _read(ws, path, True)
+    if all_columns or not cache:
+        return _read(ws, path, all_columns)
     cache = _cache_path(ws, path)
     stamp = _stamp(path)
     try:
@@ -276,6 +276,16 @@ def row_from_metadata(meta: dict[str, Any], strategy: str, run_id: str, txid: st
     row[TXID] = txid
     row[COMMITTED_AT] = committed_at
     return row
+
+
+def check_row(view: SheetView, row: dict[str, Any]) -> None:
+    """Refuse (exit 1) a row the workbook cannot store, before the commit decision is recorded.
+
+    A decided row that the writer then refused would block every commit
+    waiting behind it, so the gate runs the writer's own checks (length,
+    characters XML cannot carry, types) first.
+    """
+    _x()._encode_rows([build_row(view, row)])
 
 
 def append(ws: Workspace, rows: list[dict[str, Any]], view: SheetView | None = None) -> list[int]:

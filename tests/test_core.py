@@ -493,3 +493,20 @@ def test_a_hand_edit_invalidates_the_cached_index(ws: WS) -> None:
     wb.save(ws.sheet)
     p = ws.sop("begin", "--strategy", "typed", code=1)
     assert "'Typed'" in p.stderr and "Row 3" in p.stderr
+
+
+@pytest.mark.parametrize("bad", ["x" * 32768, "bell\x07"], ids=["too-long", "control-char"])
+def test_a_value_the_sheet_cannot_store_is_refused_at_the_gate(ws: WS, bad: str) -> None:
+    import openpyxl
+    wb = openpyxl.Workbook()
+    wb.active.append(["Strategy", "RunID", "Note"])
+    wb.save(ws.sheet)
+    tx = ws.begin_tx("Alpha")
+    ws.write_metadata("Alpha", tx["run_id"], note=bad)
+    p = ws.sop("commit", tx["txid"], code=1)
+    assert "Validation failed" in p.stderr
+    assert ws.json("status")["transactions"][0]["state"] == "begun"   # no decision recorded
+    other = ws.begin_tx("Beta")                                          # nothing blocks other commits
+    ws.write_metadata("Beta", other["run_id"])
+    ws.sop("commit", other["txid"])
+    assert [r[0] for r in ws.rows()[1:]] == ["Beta"]

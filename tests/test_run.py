@@ -121,3 +121,13 @@ def test_api_owner_defaults_to_the_calling_process(ws: WS) -> None:
     import journal
     journal.begin("Mine", root=ws.root)
     assert ws.records()[0]["data"]["owner"]["pid"] == os.getpid()
+
+
+def test_run_gate_failure_says_the_run_was_rolled_back_and_journals_why(ws: WS) -> None:
+    p = ws.sop("run", "--strategy", "Alpha", "--", sys.executable, "-c", "pass", code=1)
+    assert "rolled back" in p.stderr and "sop-commit" not in p.stderr
+    reasons = [r["data"]["reason"] for r in ws.records() if r["type"] == "rollback"]
+    assert reasons == ["the commit gate refused the run"]
+    ws.sop("run", "--strategy", "Beta", "--", sys.executable, "-c", "raise SystemExit(2)", code=2)
+    assert [r["data"]["reason"] for r in ws.records() if r["type"] == "rollback"][-1] == \
+        "the command exited with status 2"
