@@ -353,6 +353,7 @@ def commit(txid: str, *, defer_on_lock: bool = False, root: PathArg = None, now:
         if tx.state not in ("begun", "committing", "deferred"):
             raise WrongState(f"transaction {txid} is {tx.state}; only a begun or deferred transaction can be "
                              "committed", detail="Action: start a new run with 'sop-begin'.")
+        was_deferred = tx.state == "deferred"       # deferred once: it stays deferred, never scrubbed later
         if tx.state == "begun":
             row = _gate(ws, tx, now)
             w.append(txid, "decide", {"row": row}, now=now)
@@ -366,7 +367,7 @@ def commit(txid: str, *, defer_on_lock: bool = False, root: PathArg = None, now:
         return CommitResult(txid, tx.strategy, tx.run_id, "committed", row=result.rows.get(txid) or tx.row_number,
                             also_committed=others)
     locked_by = result.locked_by or "unknown user"
-    if defer_on_lock or ws.config.on_locked == "defer":
+    if defer_on_lock or was_deferred or ws.config.on_locked == "defer":
         with _locked(ws) as w:
             tx = _get(ws, w, txid)
             if tx.state == "committing":

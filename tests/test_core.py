@@ -510,3 +510,16 @@ def test_a_value_the_sheet_cannot_store_is_refused_at_the_gate(ws: WS, bad: str)
     ws.write_metadata("Beta", other["run_id"])
     ws.sop("commit", other["txid"])
     assert [r[0] for r in ws.rows()[1:]] == ["Beta"]
+
+
+def test_a_deferred_commit_retried_on_a_still_locked_sheet_stays_deferred(ws: WS) -> None:
+    tx = ws.begin_tx("Alpha")
+    ws.write_metadata("Alpha", tx["run_id"])
+    lock = _lock_sheet(ws)
+    ws.sop("commit", tx["txid"], "--defer-on-lock", code=3)
+    p = ws.sop("commit", tx["txid"], code=3)              # on_locked is "rollback", but it was deferred
+    assert "deferred" in p.stderr
+    assert (ws.root / "backtests" / "Alpha").is_dir()
+    lock.unlink()
+    ws.sop("commit", tx["txid"])
+    assert ws.rows()[1][0] == "Alpha"
