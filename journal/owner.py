@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -84,7 +85,7 @@ def owner_of(pid: int) -> Owner:
     return Owner(host=hostname(), pid=pid, start=st[1] if st else "", boot=boot_id(), user=username())
 
 
-def default_owner_pid(env: dict[str, str] | None = None) -> int:
+def default_owner_pid(env: Mapping[str, str] | None = None) -> int:
     """``$SOP_OWNER_PID`` when set, else the calling process's parent."""
     env = os.environ if env is None else env
     value = env.get("SOP_OWNER_PID", "").strip()

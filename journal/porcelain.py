@@ -266,11 +266,11 @@ def begin(strategy: str | None = None, *, run_id: str | None = None, directive: 
         sdir, rdir = ws.strategy_dir(strategy), ws.run_dir(run_id)
         w.append(txid, "begin", {"strategy": strategy, "run_id": run_id, "owner": _owner_dict(owner),
                                  "strategy_dir": _rel(ws, sdir), "run_dir": _rel(ws, rdir)}, now=now)
-        for d in (sdir, rdir):
-            w.append(txid, "mkdir", {"path": _rel(ws, d)}, now=now)
-            if not d.parent.is_dir():
-                fsops.mkdir(d.parent, parents=True, exist_ok=True)
-            fsops.mkdir(d)
+        for folder in (sdir, rdir):
+            w.append(txid, "mkdir", {"path": _rel(ws, folder)}, now=now)
+            if not folder.parent.is_dir():
+                fsops.mkdir(folder.parent, parents=True, exist_ok=True)
+            fsops.mkdir(folder)
     return BeginResult(txid, strategy, run_id, str(sdir), str(rdir))
 
 

@@ -185,10 +185,9 @@ def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None, 
     _check_readable(path)
     if all_columns or not cache:
         return _read(ws, path, all_columns)
-    cache = _cache_path(ws, path)
     stamp = _stamp(path)
     try:
-        idx = _decode_index(cache.read_bytes())
+        idx = _decode_index(_cache_path(ws, path).read_bytes())
         if idx.stamp == stamp:
             view = SheetView(path, idx.worksheet, idx.header_row, idx.headers, idx.columns,
                              lists=(idx.numbers, idx.strategies, idx.run_ids), keys=(idx.skeys, idx.rkeys))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,7 @@ class Workspace:
             return str(path)
 
 
-def find_root(root: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,
+def find_root(root: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
               cwd: str | os.PathLike[str] | None = None) -> Path:
     """The workspace root, as SPEC §1 says; :class:`NoWorkspace` when there is none."""
     env = os.environ if env is None else env
@@ -212,7 +213,7 @@ def load_config(root: Path) -> Config:
     return parse_config(text, ".sop/config.toml")
 
 
-def open_workspace(root: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Workspace:
+def open_workspace(root: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Workspace:
     """Find the root and load its config."""
     r = find_root(root, env)
     return Workspace(r, load_config(r))
