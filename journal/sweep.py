@@ -50,6 +50,9 @@ the step's strategy *and* run id is on the sheet (matched by name, since row
 numbers shift); a folder is deleted only while it is still there, a real
 folder, not indexed again and not held by an open transaction; a rename
 happens only while ``src`` exists, to the announced ``dst`` when it is free.
+Each act is announced again by a fresh record just before it, even on redo:
+after a crash the folder or row may not be the one first announced, and the
+journal must hold what was actually destroyed.
 """
 
 from __future__ import annotations
@@ -57,7 +60,9 @@ from __future__ import annotations
 import os
 import re
 import stat
+import sys
 import time
+import types
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -659,9 +664,8 @@ def _execute(ws: Workspace, w: wal.Writer, txid: str, now: datetime,
     steps = list(tx.plan)
     skipped: dict[int, str] = {}
     row_steps = [(i, s) for i, s in enumerate(steps) if s.get("op") == "remove_row"]
-    announced_rows = {int(d.get("step", -1)) for d in tx.removed_rows}
-    announced_del = set(tx.deleted)
-    announced_ren = dict(tx.renames)
+    announced_ren = dict(tx.renames)          # a redo renames to the destination already on record, if free
+    done_before = set(tx.deleted) | set(announced_ren)
     present: tuple[set[str], set[str]] | None = None
     if row_steps:
         full = sheet.read(ws, all_columns=True)
@@ -671,9 +675,8 @@ def _execute(ws: Workspace, w: wal.Writer, txid: str, now: datetime,
             if r is None:
                 skipped[i] = "the row is no longer on the sheet"
                 continue
-            if i not in announced_rows:
-                w.append(txid, "remove_row", {"step": i, "row_number": r.number, "strategy": r.strategy,
-                                              "run_id": r.run_id, "values": _row_values(full, r)}, now=now)
+            w.append(txid, "remove_row", {"step": i, "row_number": r.number, "strategy": r.strategy,
+                                          "run_id": r.run_id, "values": _row_values(full, r)}, now=now)
             numbers.append(r.number)
         if numbers:
             tick("removing rows", 0, len(numbers))
@@ -703,7 +706,7 @@ def _execute(ws: Workspace, w: wal.Writer, txid: str, now: datetime,
             skipped[i] = f"{rel} is not a folder directly under backtests/ or runs/"
             continue
         if not os.path.lexists(target):
-            skipped[i] = "already gone" if (rel in announced_del or rel in announced_ren) else "not there"
+            skipped[i] = "already gone" if rel in done_before else "not there"
             continue
         if target.is_symlink() or not target.is_dir():
             skipped[i] = "no longer a real folder"
@@ -718,10 +721,10 @@ def _execute(ws: Workspace, w: wal.Writer, txid: str, now: datetime,
             if (top, names.key(name)) in held:
                 skipped[i] = "an open transaction holds it now"
                 continue
+        # Announced every time it is about to happen: after a crash the folder may not be the one announced.
         if s["op"] == "delete":
-            if rel not in announced_del:
-                w.append(txid, "delete", {"step": i, "path": rel, "files": fsops.file_list(target),
-                                          "finding": s.get("finding", "")}, now=now)
+            w.append(txid, "delete", {"step": i, "path": rel, "files": fsops.file_list(target),
+                                      "finding": s.get("finding", "")}, now=now)
             fsops.rmtree(target)
         else:
             dst_rel = announced_ren.get(rel) or s["dst"]
@@ -729,9 +732,8 @@ def _execute(ws: Workspace, w: wal.Writer, txid: str, now: datetime,
             if dst is None or os.path.lexists(dst):
                 dst = _quarantine_name(target, now)
                 dst_rel = ws.rel(dst)
-            if announced_ren.get(rel) != dst_rel:
-                w.append(txid, "rename", {"step": i, "src": rel, "dst": dst_rel, "finding": s.get("finding", "")},
-                         now=now)
+            w.append(txid, "rename", {"step": i, "src": rel, "dst": dst_rel, "finding": s.get("finding", "")},
+                     now=now)
             fsops.rename(target, dst)
     w.append(txid, "done", {"steps": len(steps), "skipped": {str(k): v for k, v in skipped.items()}}, now=now)
     return skipped
@@ -919,5 +921,19 @@ def write_report(r: SweepResult, path: Path) -> None:
         fsops.mkdir(path.parent, parents=True, exist_ok=True)
     fsops.atomic_write(path, render_report(r).encode("utf-8"))
 
+
+class _Module(types.ModuleType):
+    """This module, callable as :func:`sweep`.
+
+    ``journal.sweep`` is both this module and the API function of that name
+    (``journal/__init__.py`` loads it lazily), and importing the module binds
+    the package attribute to the module; calling the module calls the function.
+    """
+
+    def __call__(self, **kw: Any) -> SweepResult:
+        return sweep(**kw)
+
+
+sys.modules[__name__].__class__ = _Module
 
 __all__ = ["sweep", "finish_plan", "classify", "SweepResult", "Finding", "KINDS", "read_identity", "render_report"]

@@ -360,6 +360,20 @@ def test_purge_in_process_with_a_frozen_clock(ws: WS) -> None:
     assert (ws.root / "backtests" / "B_FAILED_20260110T000000Z").exists()
 
 
+def test_python_api_returns_values_and_never_prints(ws: WS, capsys: pytest.CaptureFixture[str]) -> None:
+    import journal
+    (ws.root / "backtests" / "Zed").mkdir()
+    first = journal.sweep(root=ws.root)
+    import journal.sweep as module  # binds the package attribute to the module
+    second = journal.sweep(root=ws.root, fix=True)                  # ... which is still callable
+    assert module.sweep is not None
+    assert [(f.kind, f.done) for f in first.findings] == [("zombie_folder", False)]
+    assert first.dry_run and first.txid is None and first.remaining
+    assert [(f.kind, f.done) for f in second.findings] == [("zombie_folder", True)]
+    assert second.txid and not second.remaining and not (ws.root / "backtests" / "Zed").exists()
+    assert capsys.readouterr() == ("", "")
+
+
 def test_zombie_action_quarantine(ws: WS) -> None:
     (ws.root / ".sop" / "config.toml").write_text('[sweep]\nzombie_action = "quarantine"\n[lock]\nretries = 1\n')
     tx = ws.full_run("Alpha")
