@@ -50,6 +50,7 @@ LAST_WRITTEN: dict[str, os.stat_result] = {}
 def _load() -> None:
     global _loaded, _crash_at, _fail_at, _fail_errno, _fail_persist, _trace
     _loaded = True
+    _fail_at, _fail_errno, _fail_persist = None, 0, False
     crash = os.environ.get("SOP_CRASH_AT")
     _crash_at = int(crash) if crash else None
     fail = os.environ.get("SOP_FAIL_AT")
