@@ -334,9 +334,9 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
     unsafe: dict[tuple[str, str], Finding] = {}       # (top, key) -> the unsafe entry's finding
     unchecked: dict[str, str] = {}                    # top -> why its rows cannot be checked
     quarantined: list[tuple[str, str]] = []
-    for top, rel in ((ws.backtests, bt_rel), (ws.runs, rn_rel)):
+    for top_dir, rel in ((ws.backtests, bt_rel), (ws.runs, rn_rel)):
         tick(f"scanning {rel}/", 0, 0)
-        entries, why = _scan(top, skipper(top))
+        entries, why = _scan(top_dir, skipper(top_dir))
         tops[rel] = {}
         if why is not None:
             unchecked[rel] = why
@@ -457,13 +457,13 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
         if sname is not None:
             checks.append((num, strat, rid, sname, rname is None))
         if sname is None or rname is None:
-            missing = " and ".join(p for p, n in ((f"{bt_rel}/{strat}/", sname), (f"{rn_rel}/{rid}/", rname))
-                                   if n is None)
+            missing = " and ".join(p for p, f in ((f"{bt_rel}/{strat}/", sname), (f"{rn_rel}/{rid}/", rname))
+                                   if f is None)
             plan.add(Finding("orphaned_row", strat, rid, f"{bt_rel}/{strat}", f"remove row {num}",
                              detail=f"{missing} is missing", row=num),
                      {"op": "remove_row", "row_number": num, "strategy": strat, "run_id": rid})
-            for top, n, k in ((bt_rel, sname, sk), (rn_rel, rname, rk)):
-                if n is not None:
+            for top, folder, k in ((bt_rel, sname, sk), (rn_rel, rname, rk)):
+                if folder is not None:
                     cascade[(top, k)] = num
             continue
         indexed_s[sk] = sname
@@ -493,13 +493,13 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
                     continue
                 if exact is not None or k in protected[top]:
                     continue                            # indexed (a case twin was reported above)
-                n = cascade.get((top, k))
-                detail = (f"left behind by orphaned row {n}" if n is not None
+                row = cascade.get((top, k))
+                detail = (f"left behind by orphaned row {row}" if row is not None
                           else f"no row has {'strategy' if kind == 'zombie_folder' else 'run id'} '{name}'")
                 step = _zombie_step(ws, top, name, kind, zombie_action, now)
                 plan.add(Finding(kind, name if kind == "zombie_folder" else "",
                                  name if kind == "zombie_run" else "", path, _step_action(step),
-                                 detail=detail, row=n), step)
+                                 detail=detail, row=row), step)
 
     # ---- quarantined
     for top, name in quarantined:

@@ -92,7 +92,8 @@ def sweep_cmd(out: Out, fix: bool, report: str | None, purge_failed: bool, older
 def _summary(out: Out, res: Any) -> None:
     """One screen on stderr: what was checked, counts by kind, what was done, where the report is."""
     mode = "dry run, nothing changed" if res.dry_run else (f"fixed in {res.txid}" if res.txid else "fix, nothing to do")
-    out.say(f"Swept {res.root} ({mode}): {res.rows} row(s), {res.folders} folder entr(ies).", bold=True)
+    entries = f"{res.folders} entr{'y' if res.folders == 1 else 'ies'} under backtests/ and runs/"
+    out.say(f"Swept {res.root} ({mode}): {res.rows} row(s), {entries}.", bold=True)
     for a in res.recovery:
         if a.get("action"):
             out.say(f"  recovered first: {a['action']} {a.get('txid', '')}".rstrip())
