@@ -147,6 +147,9 @@ class SweepResult:
 
 # ---------------------------------------------------------------- scanning
 
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
 @dataclass(frozen=True)
 class _Entry:
     name: str
@@ -154,7 +157,12 @@ class _Entry:
 
 
 def _scan(top: Path, skip: Callable[[str], bool]) -> tuple[list[_Entry], str | None]:
-    """The entries of ``backtests/`` or ``runs/``, without a stat per entry; (entries, why not entered)."""
+    """The entries of ``backtests/`` or ``runs/``, without a stat per entry; (entries, why not entered).
+
+    Where the platform allows, the folder is opened with ``O_NOFOLLOW`` and
+    listed through that descriptor, so a link swapped in after the check is
+    not followed either.
+    """
     try:
         st = os.lstat(top)
     except FileNotFoundError:
@@ -163,21 +171,30 @@ def _scan(top: Path, skip: Callable[[str], bool]) -> tuple[list[_Entry], str | N
         return [], "a symbolic link; not entered"
     if not stat.S_ISDIR(st.st_mode):
         return [], "a file, not a folder"
+    fd = None
+    if _O_DIRECTORY and os.scandir in os.supports_fd:
+        try:
+            fd = os.open(top, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW)
+        except OSError:
+            return [], "not a folder sop can enter (it changed while being looked at)"
     out: list[_Entry] = []
-    with os.scandir(top) as it:
-        for e in it:
-            if skip(e.name):
-                continue
-            if e.is_symlink():
-                out.append(_Entry(e.name, "link"))
-            elif e.is_dir(follow_symlinks=False):
-                out.append(_Entry(e.name, "dir"))
-            else:
-                out.append(_Entry(e.name, "file"))
+    try:
+        with os.scandir(top if fd is None else fd) as it:
+            for e in it:
+                if skip(e.name):
+                    continue
+                if e.is_symlink():
+                    out.append(_Entry(e.name, "link"))
+                elif e.is_dir(follow_symlinks=False):
+                    out.append(_Entry(e.name, "dir"))
+                else:
+                    out.append(_Entry(e.name, "file"))
+    finally:
+        if fd is not None:
+            os.close(fd)
     return out, None
 
 
-_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class _Identity(msgspec.Struct):
