@@ -183,7 +183,6 @@ def log(*, root: PathArg = None, txid: str | None = None, strategy: str | None =
     if txid is not None or strategy is not None:
         recs = wal.find_records(ws, (txid,) if txid is not None else (), strategy)
     else:
-        recs = []
         j = wal.load(ws)                # the tail as writers see it: to say whether it is torn
         if j.torn is not None:
             torn_note = f"{j.torn.segment.name} at byte {j.torn.offset} ({j.torn.why})"
