@@ -42,7 +42,7 @@ BIN = ROOT / "bin"
 sys.path.insert(0, str(ROOT))
 
 from journal import xlsx  # noqa: E402
-from journal.sweep import sweep  # noqa: E402
+from journal.janitor import sweep  # noqa: E402
 
 
 def build(root: Path, rows: int, *, meta: bool = True) -> None:

@@ -132,7 +132,7 @@ def recover(*, root: PathArg = None, dry_run: bool = False, older_than: str | ti
                                                                      "nothing left to move")
         sweeps = [a for a in actions if a.action == "finish sweep"]
     for a in sweeps:
-        from .sweep import finish_plan
+        from .janitor import finish_plan
         finish_plan(ws, a.txid, now=now)
         a.done = True
     with locks.hold(ws.sheet_lock_path, ws.config.lock_timeout, "Master Sheet writer"):

@@ -1,4 +1,4 @@
-"""The ``sop-sweep`` command: click only; the work is :func:`journal.sweep.sweep`.
+"""The ``sop-sweep`` command: click only; the work is :func:`journal.janitor.sweep`.
 
 Stdout carries the report a person asked for (the Markdown report, or with
 ``--json`` one JSON document); a one-screen summary goes to stderr, with a
@@ -72,7 +72,7 @@ def sweep_cmd(out: Out, fix: bool, report: str | None, purge_failed: bool, older
     finishes after a crash.  Duplicates, mismatches and unsafe entries are
     left for a person.  Links are never followed.
     """
-    from . import sweep as sw
+    from . import janitor as sw
     bar = _Bar(float(os.environ.get("SOP_PROGRESS_DELAY", "0.5"))) if sys.stderr.isatty() and not out.quiet else None
     try:
         res = _call(out, lambda: sw.sweep(root=out.root, fix=fix, report=report, purge_failed=purge_failed,

@@ -60,9 +60,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-import sys
 import time
-import types
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -938,19 +936,5 @@ def write_report(r: SweepResult, path: Path) -> None:
         fsops.mkdir(path.parent, parents=True, exist_ok=True)
     fsops.atomic_write(path, render_report(r).encode("utf-8"))
 
-
-class _Module(types.ModuleType):
-    """This module, callable as :func:`sweep`.
-
-    ``journal.sweep`` is both this module and the API function of that name
-    (``journal/__init__.py`` loads it lazily), and importing the module binds
-    the package attribute to the module; calling the module calls the function.
-    """
-
-    def __call__(self, **kw: Any) -> SweepResult:
-        return sweep(**kw)
-
-
-sys.modules[__name__].__class__ = _Module
 
 __all__ = ["sweep", "finish_plan", "classify", "SweepResult", "Finding", "KINDS", "read_identity", "render_report"]
