@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import fsops, locks, wal
-from .errors import SopError
+from .errors import SheetLocked, SopError
 from .porcelain import (
     PathArg,
     TxInfo,
@@ -133,8 +133,12 @@ def recover(*, root: PathArg = None, dry_run: bool = False, older_than: str | ti
         sweeps = [a for a in actions if a.action == "finish sweep"]
     for a in sweeps:
         from .janitor import finish_plan
-        finish_plan(ws, a.txid, now=now)
-        a.done = True
+        try:
+            finish_plan(ws, a.txid, now=now, sleep=sleep)
+            a.done = True
+        except SheetLocked as e:                   # its rows wait for the sheet; the rest still recovers
+            a.detail = f"waiting: {e.message}"
+            out.waiting_for_sheet = e.locked_by or "another user"
     with locks.hold(ws.sheet_lock_path, ws.config.lock_timeout, "Master Sheet writer"):
         _remove_temps(ws.sheet.parent, False, out, rel)
     forward = [a for a in actions if a.action == "roll forward"]
@@ -145,7 +149,7 @@ def recover(*, root: PathArg = None, dry_run: bool = False, older_than: str | ti
             a.done = st is not None and st.state == "committed"
             if not a.done and fr.locked_by:
                 a.detail = f"waiting: the Master Sheet is locked by {fr.locked_by}"
-        out.waiting_for_sheet = fr.locked_by
+        out.waiting_for_sheet = fr.locked_by or out.waiting_for_sheet
     out.actions.extend(actions)
     return out
 

@@ -23,6 +23,7 @@ from conftest import FAST_CONFIG, scrubbed_env, sop
 from crashkit import (
     check_announced,
     check_invariants,
+    check_sweep_clean,
     count_mutations,
     recover_twice,
     run,
@@ -88,6 +89,7 @@ def crash_loop(tmp: Path, setup: Path, cmd: list[str], *, before_recover: Callab
             before_recover(root)
         recover_twice(root)
         check_invariants(root)
+        check_sweep_clean(root)
         if expect:
             expect(root)
         shutil.rmtree(root)
@@ -111,11 +113,13 @@ def test_crash_at_every_point_of_begin(tmp_path: Path, sleeper: Callable[[], sub
         live = {t for t, r in _open(root).items()}
         recover_twice(root)
         check_invariants(root, live=live)
+        check_sweep_clean(root, frozenset({"quarantined", "in_flight"}))
         assert set(_open(root)) == live
         # ... then the owner dies, and recovery rolls it back
         kill(own)
         recover_twice(root)
         check_invariants(root)
+        check_sweep_clean(root)
         assert not (root / "backtests" / "Alpha").exists()
         sop("begin", "-C", str(root), "--strategy", "Alpha")          # the slot is free again
         shutil.rmtree(root)
