@@ -41,11 +41,6 @@ _loaded = False
 
 TEMP_RE = re.compile(r"^\..+\.sop-tmp-\d+-[0-9a-f]+$")
 
-# The stat of the file each atomic_write put in place, taken from its own
-# descriptor before the rename: the inode, size and mtime of exactly the bytes
-# written, so a cache keyed on them can never describe somebody else's file.
-LAST_WRITTEN: dict[str, os.stat_result] = {}
-
 
 def _load() -> None:
     global _loaded, _crash_at, _fail_at, _fail_errno, _fail_persist, _trace
@@ -104,12 +99,16 @@ def is_temp_name(name: str) -> bool:
     return bool(TEMP_RE.match(name))
 
 
-def atomic_write(target: str | os.PathLike[str], content: bytes | Callable[[BinaryIO], None]) -> None:
+def atomic_write(target: str | os.PathLike[str], content: bytes | Callable[[BinaryIO], None],
+                 before_replace: Callable[[os.stat_result], None] | None = None) -> None:
     """Replace ``target`` atomically and durably: temp, fsync, replace, fsync dir.
 
     ``content`` is the bytes, or a function that writes them to a file object
     (for streaming writers).  After a crash ``target`` is the old file or the
     new one, never a torn one; a leftover temp file is removed by recovery.
+    ``before_replace`` gets the new file's own stat (its inode, size and
+    mtime, which the rename keeps) after the fsync and before the rename, so
+    a cache keyed on them is in place the moment the file is.
     """
     target = Path(target)
     tmp = temp_name(target)
@@ -123,9 +122,10 @@ def atomic_write(target: str | os.PathLike[str], content: bytes | Callable[[Bina
             f.flush()
             os.fsync(f.fileno())
             st = os.fstat(f.fileno())
+        if before_replace is not None:
+            before_replace(st)
         point("replace", target)
         os.replace(tmp, target)
-        LAST_WRITTEN[os.fspath(target)] = st
     except BaseException:
         try:
             os.unlink(tmp)
@@ -134,6 +134,22 @@ def atomic_write(target: str | os.PathLike[str], content: bytes | Callable[[Bina
         raise
     point("fsync_dir", target.parent)
     fsync_dir(target.parent)
+
+
+def write_hint(path: str | os.PathLike[str], data: bytes = b"") -> None:
+    """Create a small file that only hints at something (no fsync: losing it costs nothing)."""
+    point("hint", path)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def remove_hint(path: str | os.PathLike[str]) -> None:
+    """Remove a hint file; one already gone is fine."""
+    point("unhint", path)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def append_durable(path: str | os.PathLike[str], data: bytes) -> None:

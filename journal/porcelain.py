@@ -346,17 +346,32 @@ def commit(txid: str, *, defer_on_lock: bool = False, root: PathArg = None, now:
     """
     now = _now(now)
     ws = open_workspace(root, env)
-    with _locked(ws) as w:
-        tx = _get(ws, w, txid)
-        if tx.state == "committed":
-            return CommitResult(txid, tx.strategy, tx.run_id, "committed", already=True)
+    def check(tx: wal.TxState) -> None:
         if tx.state not in ("begun", "committing", "deferred"):
             raise WrongState(f"transaction {txid} is {tx.state}; only a begun or deferred transaction can be "
                              "committed", detail="Action: start a new run with 'sop-begin'.")
-        was_deferred = tx.state == "deferred"       # deferred once: it stays deferred, never scrubbed later
-        if tx.state == "begun":
+
+    with _locked(ws) as w:
+        tx = _get(ws, w, txid)
+    if tx.state == "committed":
+        return CommitResult(txid, tx.strategy, tx.run_id, "committed", already=True)
+    check(tx)
+    was_deferred = tx.state == "deferred"           # deferred once: it stays deferred, never scrubbed later
+    if tx.state == "begun":
+        # The gate reads the sheet and the metadata without the workspace lock, so that
+        # concurrent commits check in parallel; the state is looked at again before deciding.
+        hint = _announce(ws, txid)
+        try:
             row = _gate(ws, tx, now)
-            w.append(txid, "decide", {"row": row}, now=now)
+            with _locked(ws) as w:
+                tx = _get(ws, w, txid)
+                if tx.state == "begun":
+                    w.append(txid, "decide", {"row": row}, now=now)
+                elif tx.state != "committed":
+                    check(tx)
+        finally:
+            if hint is not None:
+                fsops.remove_hint(hint)
     result = flush(ws, want=txid, now=now, sleep=sleep)
     if result.locked_by is None:
         with _locked(ws) as w:
@@ -384,6 +399,40 @@ def commit(txid: str, *, defer_on_lock: bool = False, root: PathArg = None, now:
                              f"Quarantined: {where}. Close the sheet and run the backtest again.")
 
 
+GATHER_SECONDS = 1.0      # the longest a sheet writer waits for commits that are about to decide
+
+
+def _announce(ws: Workspace, txid: str) -> Path | None:
+    """Say that a commit is on its way to a decision, so a writer may wait for its row."""
+    try:
+        if not ws.pending_dir.is_dir():
+            fsops.mkdir(ws.pending_dir, exist_ok=True)
+        path = ws.pending_dir / f"{txid}.{os.getpid()}"
+        fsops.write_hint(path)
+        return path
+    except OSError:
+        return None                                # a missing hint costs only a second rewrite
+
+
+def _gather(ws: Workspace, sleep: Callable[[float], None]) -> None:
+    """Wait briefly while other commits are between their start and their decision.
+
+    Group commit: their rows then go into this rewrite instead of the next
+    one.  A hint whose process is gone is ignored (and removed by recovery).
+    """
+    from .owner import pid_running
+    deadline = time.monotonic() + GATHER_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            names_ = os.listdir(ws.pending_dir)
+        except OSError:
+            return
+        live = [n for n in names_ if n.rpartition(".")[2].isdigit() and pid_running(int(n.rpartition(".")[2]))]
+        if not live:
+            return
+        sleep(0.02)
+
+
 @dataclass
 class FlushResult:
     states: dict[str, wal.TxState]
@@ -409,6 +458,7 @@ def flush(ws: Workspace, *, want: str | None = None, now: datetime | None = None
         if attempt:
             sleep(ws.config.backoff * (2 ** (attempt - 1)))
         with locks.hold(ws.sheet_lock_path, ws.config.lock_timeout, "Master Sheet writer"):
+            _gather(ws, sleep)
             with _locked(ws) as w:
                 states = w.states
                 if want is not None and states.get(want) is not None and states[want].state == "committed":

@@ -73,6 +73,22 @@ def _remove_temps(folder: Path, dry_run: bool, out: RecoverResult, rel: Callable
         out.actions.append(Action("remove temporary file", done=not dry_run, detail=rel(p)))
 
 
+def _remove_stale_hints(ws: Workspace, dry_run: bool, out: RecoverResult) -> None:
+    """Remove the group-commit hints of commits whose process is gone."""
+    from .owner import pid_running
+    try:
+        hints = os.listdir(ws.pending_dir)
+    except OSError:
+        return
+    for n in hints:
+        pid = n.rpartition(".")[2]
+        if pid.isdigit() and pid_running(int(pid)):
+            continue
+        if not dry_run:
+            fsops.remove_hint(ws.pending_dir / n)
+        out.actions.append(Action("remove stale commit hint", done=not dry_run, detail=f".sop/pending/{n}"))
+
+
 def plan(ws: Workspace, j: wal.Loaded, *, now: datetime, older_than: timedelta,
          force: bool) -> tuple[list[Action], list[TxInfo]]:
     """What recovery would do, transaction by transaction (nothing changed)."""
@@ -113,6 +129,7 @@ def recover(*, root: PathArg = None, dry_run: bool = False, older_than: str | ti
             if not dry_run:
                 w.cut_torn(now=now)
         _remove_temps(ws.sop_dir, dry_run, out, rel)
+        _remove_stale_hints(ws, dry_run, out)
         _remove_temps(ws.lost_found, dry_run, out, rel)
         actions, out.live = plan(ws, w.j, now=now, older_than=ot, force=force)
         if dry_run:

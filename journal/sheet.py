@@ -290,9 +290,9 @@ def check_row(view: SheetView, row: dict[str, Any]) -> None:
 def append(ws: Workspace, rows: list[dict[str, Any]], view: SheetView | None = None) -> list[int]:
     """Append rows given by header name; returns their Excel row numbers.
 
-    The index of the new file is cached at once (old index plus the new
-    rows, keyed on the stat of the bytes just written), so the next gate or
-    ``sop-begin`` does not parse the sheet again.  A PermissionError (the
+    The index of the new file (old index plus the new rows, keyed on the
+    stat of the bytes just written) is cached before the file takes the
+    sheet's place, so no gate or ``sop-begin`` ever parses it again.  A PermissionError (the
     file is open elsewhere on Windows) propagates.
     """
     path = ws.sheet
@@ -303,16 +303,20 @@ def append(ws: Workspace, rows: list[dict[str, Any]], view: SheetView | None = N
         for v in c.values():
             if isinstance(v, str) and len(v) > 32767:
                 raise Refused("a value is longer than 32,767 characters, the most an Excel cell holds")
-    numbers = _x().append_rows(path, ws.config.worksheet or None, cells)
-    st = fsops.LAST_WRITTEN.pop(os.fspath(path), None)
-    if st is not None and view.stamp:
-        sc, rc = view.columns[STRATEGY], view.columns[RUNID]
-        new = SheetView(path, view.worksheet, view.header_row, view.headers, view.columns,
-                        lists=(view.numbers + numbers,
-                               view.strategies + [names.cell_text(c.get(sc)) for c in cells],
-                               view.run_ids + [names.cell_text(c.get(rc)) for c in cells]))
+    sc, rc = view.columns[STRATEGY], view.columns[RUNID]
+    old = view
+
+    def cache_new_index(numbers: list[int], st: os.stat_result) -> None:
+        if not old.stamp:
+            return
+        new = SheetView(path, old.worksheet, old.header_row, old.headers, old.columns,
+                        lists=(old.numbers + numbers,
+                               old.strategies + [names.cell_text(c.get(sc)) for c in cells],
+                               old.run_ids + [names.cell_text(c.get(rc)) for c in cells]))
         new.stamp = _stamp(path, st)
         _save_index(ws, new)
+
+    numbers: list[int] = _x().append_rows(path, ws.config.worksheet or None, cells, cache_new_index)
     return numbers
 
 

@@ -12,6 +12,10 @@ of the working directory that holds ``.sop/`` (as git finds ``.git/``).
     .sop/sheet.lock         held while the Master Sheet is being rewritten
     .sop/lost+found/        torn journal tails that were cut off
     .sop/cache/             derived data that may be deleted at any time
+    .sop/pending/           hints: one empty file per commit between its start
+                            and its decision (``<txid>.<pid>``), so that the
+                            sheet's writer can wait a moment and write their
+                            rows in the same rewrite (group commit)
 """
 
 from __future__ import annotations
@@ -148,6 +152,10 @@ class Workspace:
     @property
     def lost_found(self) -> Path:
         return self.sop_dir / "lost+found"
+
+    @property
+    def pending_dir(self) -> Path:
+        return self.sop_dir / "pending"
 
     @property
     def cache_dir(self) -> Path:

@@ -1467,13 +1467,16 @@ def _tag_re(prefix: bytes, name: bytes) -> re.Pattern[bytes]:
 
 
 def append_rows(path: str | os.PathLike[str], worksheet: str | None,
-                rows: list[dict[int, Value]]) -> list[int]:
+                rows: list[dict[int, Value]],
+                before_replace: Callable[[list[int], os.stat_result], None] | None = None) -> list[int]:
     """Append rows after the last row holding content; returns their Excel row numbers.
 
     Args:
         path: the workbook.
         worksheet: the master worksheet's name; None or "" means the first worksheet.
         rows: each a {1-based column index: value}; None values are skipped.
+        before_replace: called with the row numbers and the new file's stat
+            just before it replaces the old one (see :func:`fsops.atomic_write`).
 
     Raises:
         Refused: a value cannot be stored (type, illegal character, over 32,767 characters).
@@ -1540,7 +1543,8 @@ def append_rows(path: str | os.PathLike[str], worksheet: str | None,
             finally:
                 pkg.close()
 
-        fsops.atomic_write(path, write)
+        hook = None if before_replace is None else (lambda st: before_replace(numbers, st))
+        fsops.atomic_write(path, write, hook)
         return numbers
     finally:
         if validator is not None:

@@ -523,3 +523,40 @@ def test_a_deferred_commit_retried_on_a_still_locked_sheet_stays_deferred(ws: WS
     lock.unlink()
     ws.sop("commit", tx["txid"])
     assert ws.rows()[1][0] == "Alpha"
+
+
+def test_the_sheet_writer_waits_for_commits_about_to_decide(ws: WS) -> None:
+    from journal import porcelain, workspace
+    w = workspace.open_workspace(ws.root)
+    w.pending_dir.mkdir(exist_ok=True)
+    hint = w.pending_dir / f"tx-live.{os.getpid()}"
+    hint.write_bytes(b"")
+    calls: list[float] = []
+
+    def sleep(s: float) -> None:
+        calls.append(s)
+        if len(calls) == 3:
+            hint.unlink()                       # that commit has decided
+    porcelain._gather(w, sleep)
+    assert len(calls) == 3
+    stale = w.pending_dir / "tx-dead.999999999"
+    stale.write_bytes(b"")                      # a commit that crashed before deciding
+    calls.clear()
+    porcelain._gather(w, sleep)
+    assert calls == []
+    doc = ws.json("recover")
+    assert any(a["action"] == "remove stale commit hint" for a in doc["actions"]) and not stale.exists()
+
+
+def test_concurrent_commits_share_rewrites(ws: WS) -> None:
+    txs = []
+    for i in range(6):
+        tx = ws.begin_tx(f"G{i}")
+        ws.write_metadata(f"G{i}", tx["run_id"])
+        txs.append(tx)
+    procs = [subprocess.Popen([sys.executable, str(BIN / "sop-commit"), "-C", str(ws.root), tx["txid"]],
+                              env=scrubbed_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE) for tx in txs]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 6
+    assert sorted(r[0] for r in ws.rows()[1:]) == [f"G{i}" for i in range(6)]
+    writers = {r["pid"] for r in ws.records() if r["type"] == "append"}
+    assert len(writers) < 6                     # at least one process wrote another's row
