@@ -147,31 +147,24 @@ TRANSITIONS: dict[str, tuple[tuple[str, ...], str | None]] = {
 }
 
 
-class Record(msgspec.Struct, frozen=True, kw_only=True):
+class _Body(msgspec.Struct, frozen=True, kw_only=True):
+    """A record without its ``sum``: the bytes that the sum covers."""
+
+    seq: int
+    txid: str
+    type: str
+    time: str
+    user: str
+    host: str
+    pid: int
+    prev: str
+    data: dict[str, Any] = {}
+
+
+class Record(_Body, frozen=True, kw_only=True):
     """One journal line.  Fields only grow, new ones last with defaults."""
 
-    seq: int
-    txid: str
-    type: str
-    time: str
-    user: str
-    host: str
-    pid: int
-    prev: str
-    data: dict[str, Any] = {}
     sum: str = ""
-
-
-class _Body(msgspec.Struct, frozen=True, kw_only=True):
-    seq: int
-    txid: str
-    type: str
-    time: str
-    user: str
-    host: str
-    pid: int
-    prev: str
-    data: dict[str, Any] = {}
 
 
 class TxState(msgspec.Struct, kw_only=True):

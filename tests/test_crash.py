@@ -15,7 +15,7 @@ import os
 import random
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,21 +30,6 @@ from crashkit import (
     sheet_rows,
     snapshot,
 )
-
-
-@pytest.fixture
-def sleeper() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    """Processes to own transactions; killed (and reaped) to make their transactions abandoned."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start() -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(["sleep", "600"])
-        procs.append(p)
-        return p
-    yield start
-    for p in procs:
-        p.kill()
-        p.wait()
 
 
 def kill(p: subprocess.Popen[bytes]) -> None:

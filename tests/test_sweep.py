@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,21 +27,6 @@ OLD = "20200101T000000Z"
 
 
 # ---------------------------------------------------------------- helpers
-
-@pytest.fixture
-def sleeper() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    """Processes that own transactions; killed (and reaped) to make their transactions abandoned."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start() -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(["sleep", "600"])
-        procs.append(p)
-        return p
-    yield start
-    for p in procs:
-        p.kill()
-        p.wait()
-
 
 def stamp(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
