@@ -267,9 +267,10 @@ def begin(strategy: str | None = None, *, run_id: str | None = None, directive: 
         w.append(txid, "begin", {"strategy": strategy, "run_id": run_id, "owner": _owner_dict(owner),
                                  "strategy_dir": _rel(ws, sdir), "run_dir": _rel(ws, rdir)}, now=now)
         for folder in (sdir, rdir):
-            w.append(txid, "mkdir", {"path": _rel(ws, folder)}, now=now)
             if not folder.parent.is_dir():
+                w.append(txid, "mkdir", {"path": _rel(ws, folder.parent)}, now=now)
                 fsops.mkdir(folder.parent, parents=True, exist_ok=True)
+            w.append(txid, "mkdir", {"path": _rel(ws, folder)}, now=now)
             fsops.mkdir(folder)
     return BeginResult(txid, strategy, run_id, str(sdir), str(rdir))
 
@@ -373,6 +374,10 @@ def commit(txid: str, *, defer_on_lock: bool = False, root: PathArg = None, now:
             if hint is not None:
                 fsops.remove_hint(hint)
     result = flush(ws, want=txid, now=now, sleep=sleep)
+    if txid in result.blocked:
+        raise Refused(f"the row of {txid} cannot be stored: {result.blocked[txid]}",
+                      detail="The commit decision is on record. Fix the sheet's column, then 'sop-commit "
+                             f"{txid}' again (or 'sop-recover'), or 'sop-abort {txid}'.")
     if result.locked_by is None:
         with _locked(ws) as w:
             tx = _get(ws, w, txid)
@@ -385,6 +390,8 @@ def commit(txid: str, *, defer_on_lock: bool = False, root: PathArg = None, now:
     if defer_on_lock or was_deferred or ws.config.on_locked == "defer":
         with _locked(ws) as w:
             tx = _get(ws, w, txid)
+            if tx.state == "committed":                 # another process wrote it meanwhile
+                return CommitResult(txid, tx.strategy, tx.run_id, "committed", row=tx.row_number)
             if tx.state == "committing":
                 w.append(txid, "defer", {"reason": "sheet locked", "locked_by": locked_by}, now=now)
         raise SheetLocked(f"Indexing deferred: the Master Sheet is locked by {locked_by}.",
@@ -392,7 +399,14 @@ def commit(txid: str, *, defer_on_lock: bool = False, root: PathArg = None, now:
                           detail=f"The artifacts are kept and transaction {txid} is deferred; it still holds "
                                  f"strategy '{tx.strategy}'. 'sop-recover' adds the row once the sheet is free "
                                  "(close it in Excel first).")
-    moved = rollback(ws, txid, reason=f"sheet locked by {locked_by}", delete=False, now=now)
+    try:
+        moved = rollback(ws, txid, reason=f"sheet locked by {locked_by}", delete=False, now=now)
+    except WrongState:
+        with _locked(ws) as w:
+            tx = _get(ws, w, txid)
+        if tx.state != "committed":
+            raise
+        return CommitResult(txid, tx.strategy, tx.run_id, "committed", row=tx.row_number)
     where = ", ".join(f"{k} -> {v}" for k, v in moved.moved.items()) or "nothing to move"
     raise SheetLocked(SCRUBBED, locked_by=locked_by,
                       detail=f"The Master Sheet was locked by {locked_by} through {ws.config.retries} attempt(s). "
@@ -439,6 +453,7 @@ class FlushResult:
     committed: list[str]
     rows: dict[str, int]
     locked_by: str | None
+    blocked: dict[str, str] = field(default_factory=dict)   # txid -> why its row cannot be stored now
 
 
 def flush(ws: Workspace, *, want: str | None = None, now: datetime | None = None,
@@ -460,25 +475,34 @@ def flush(ws: Workspace, *, want: str | None = None, now: datetime | None = None
         with locks.hold(ws.sheet_lock_path, ws.config.lock_timeout, "Master Sheet writer"):
             _gather(ws, sleep)
             with _locked(ws) as w:
-                states = w.states
-                if want is not None and states.get(want) is not None and states[want].state == "committed":
-                    return FlushResult(states, committed, rows, None)
+                mine = w.states.get(want) if want is not None else None
+                if mine is not None and mine.state == "committed":
+                    return FlushResult(w.states, committed, rows, None)
                 waiting = [t for t in w.j.open_transactions() if t.state in wal.DECIDED_STATES]
                 if not waiting:
-                    return FlushResult(states, committed, rows, None)
-                locked_by = locks.sheet_locked_by(ws.sheet)
-                if locked_by is not None:
-                    continue
+                    return FlushResult(w.states, committed, rows, None)
                 view = sheet.read(ws)
                 todo: list[wal.TxState] = []
+                blocked: dict[str, str] = {}
                 for t in waiting:
                     present = view.run_rows(t.run_id)
                     if present:                         # redo: the row is already there
                         w.append(t.txid, "committed", {"row_number": present[0].number}, now=now)
                         committed.append(t.txid)
                         rows[t.txid] = present[0].number
-                    else:
-                        todo.append(t)
+                        continue
+                    try:                                # a column added since its gate may not take a value:
+                        sheet.check_row(view, t.row or {})   # that row waits; it never blocks the others
+                    except Refused as e:
+                        blocked[t.txid] = e.message
+                        continue
+                    todo.append(t)
+                states = w.states
+                if not todo:
+                    return FlushResult(states, committed, rows, None, blocked)
+                locked_by = locks.sheet_locked_by(ws.sheet)
+                if locked_by is not None:
+                    continue
                 for t in todo:
                     w.append(t.txid, "append", {"row": t.row, "sheet": ws.rel(ws.sheet)}, now=now)
             if todo:
@@ -493,7 +517,7 @@ def flush(ws: Workspace, *, want: str | None = None, now: datetime | None = None
                         committed.append(t.txid)
                         rows[t.txid] = n
                     states = w.states
-            return FlushResult(states, committed, rows, None)
+            return FlushResult(states, committed, rows, None, blocked)
     return FlushResult(states, committed, rows, locked_by)
 
 
@@ -513,11 +537,25 @@ def rollback(ws: Workspace, txid: str, *, reason: str, delete: bool, now: dateti
     """Record the rollback decision, then quarantine (or delete) the run's folders; idempotent."""
     now = _now(now)
     with _locked(ws) as w:
+        decided = _get(ws, w, txid).state in wal.DECIDED_STATES
+    # A decided row may already be on the sheet (a writer crashed before recording it, or
+    # another process is writing it now): look, holding the sheet writer's lock, before deciding.
+    sheet_lock = locks.hold(ws.sheet_lock_path, ws.config.lock_timeout, "Master Sheet writer") if decided \
+        else contextlib.nullcontext()
+    with sheet_lock, _locked(ws) as w:
         tx = _get(ws, w, txid)
         if tx.state == "aborted":
             return AbortResult(txid, tx.strategy, tx.run_id, "aborted", already=True)
+        if tx.state in wal.DECIDED_STATES:
+            if not decided:
+                raise WrongState(f"transaction {txid} was decided meanwhile; try again")
+            present = sheet.read(ws).run_rows(tx.run_id)
+            if present:
+                w.append(txid, "committed", {"row_number": present[0].number}, now=now)
+                tx = w.states[txid]
         if tx.state == "committed":
-            raise WrongState(f"transaction {txid} is committed; it cannot be rolled back",
+            raise WrongState(f"transaction {txid} is committed (row {tx.row_number or '?'} of the Master Sheet); "
+                             "it cannot be rolled back",
                              detail="Action: remove its row from the Master Sheet and run 'sop-sweep --fix'.")
         if tx.state != "aborting":
             w.append(txid, "rollback", {"reason": reason, "delete": delete}, now=now)
@@ -580,8 +618,9 @@ def transaction(strategy: str | None = None, *, run_id: str | None = None, direc
         commit(tx.txid, defer_on_lock=defer_on_lock, root=root, now=now)
     except Refused as e:
         with contextlib.suppress(SopError):
-            ab = abort(tx.txid, root=root, now=now, reason="the commit gate refused the run")
-            e.detail = _rolled_back_detail(ab)
+            if _state_of(root, tx.txid) == "begun":    # only a gate refusal rolls back: a decided run is kept
+                ab = abort(tx.txid, root=root, now=now, reason="the commit gate refused the run")
+                e.detail = _rolled_back_detail(ab)
         raise
 
 
@@ -611,6 +650,7 @@ def run(cmd: Sequence[str], strategy: str | None = None, *, run_id: str | None =
     ws_root = str(find_root(root, base_env))
     child_env = {**base_env, "SOP_ROOT": ws_root, "SOP_TXID": tx.txid, "SOP_STRATEGY": tx.strategy,
                  "SOP_RUN_ID": tx.run_id, "SOP_STRATEGY_DIR": tx.strategy_dir, "SOP_RUN_DIR": tx.run_dir}
+    root = ws_root
     try:
         proc = subprocess.Popen(list(cmd), env=child_env, stdout=stdout)
     except OSError as e:
@@ -637,6 +677,8 @@ def run(cmd: Sequence[str], strategy: str | None = None, *, run_id: str | None =
         c = commit(tx.txid, defer_on_lock=defer_on_lock, root=root)
         return RunResult(tx.txid, tx.strategy, tx.run_id, 0, c.state, 0, commit=c)
     except Refused as e:
+        if _state_of(root, tx.txid) != "begun":       # decided after all: recovery finishes it, never scrub it
+            return RunResult(tx.txid, tx.strategy, tx.run_id, 0, _state_of(root, tx.txid), e.exit_code, error=e)
         ab = abort(tx.txid, root=root, reason="the commit gate refused the run")
         e.detail = _rolled_back_detail(ab)
         return RunResult(tx.txid, tx.strategy, tx.run_id, 0, ab.state, e.exit_code, error=e, abort=ab)

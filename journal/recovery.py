@@ -128,7 +128,8 @@ def recover(*, root: PathArg = None, dry_run: bool = False, older_than: str | ti
                                              f"{len(t.data)} byte(s) kept in .sop/lost+found/"))
             if not dry_run:
                 w.cut_torn(now=now)
-        _remove_temps(ws.sop_dir, dry_run, out, rel)
+        for folder in (ws.sop_dir, ws.cache_dir, ws.cache_dir / "index"):
+            _remove_temps(folder, dry_run, out, rel)
         _remove_stale_hints(ws, dry_run, out)
         _remove_temps(ws.lost_found, dry_run, out, rel)
         actions, out.live = plan(ws, w.j, now=now, older_than=ot, force=force)

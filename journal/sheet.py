@@ -177,7 +177,7 @@ def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None, 
     """Read the Master Sheet's index; refuse (exit 5) one without Strategy and RunID columns.
 
     The index (strategies and run ids with their rows) is cached in
-    ``.sop/cache/`` under the sheet's size, mtime, ctime, inode and device:
+    ``.sop/cache/`` under the sheet's size, mtime, inode and device:
     any save (by Excel or by sop's atomic replace) changes them, and an
     unchanged sheet is not parsed again, so ``sop-begin`` starts fast.
     """
@@ -307,8 +307,8 @@ def append(ws: Workspace, rows: list[dict[str, Any]], view: SheetView | None = N
     old = view
 
     def cache_new_index(numbers: list[int], st: os.stat_result) -> None:
-        if not old.stamp:
-            return
+        if not old.stamp or _stamp(path) != old.stamp:
+            return                  # the sheet was saved by someone else meanwhile: let the next read parse it
         new = SheetView(path, old.worksheet, old.header_row, old.headers, old.columns,
                         lists=(old.numbers + numbers,
                                old.strategies + [names.cell_text(c.get(sc)) for c in cells],

@@ -606,7 +606,7 @@ def test_strategy_life_through_the_cli(ws: WS) -> None:
     got = [(t["txid"], t["state"]) for t in doc["transactions"]]
     assert got == [(second["txid"], "committed"), (first["txid"], "aborted")]
     types = [r["type"] for r in doc["transactions"][1]["records"]]
-    assert types == ["begin", "mkdir", "mkdir", "rollback", "rename", "rename", "aborted"]
+    assert types == ["begin", "mkdir", "mkdir", "mkdir", "rollback", "rename", "rename", "aborted"]  # + runs/
     owner = doc["transactions"][0]["owner"]
     assert owner["pid"] > 0 and owner["host"] and doc["transactions"][0]["run_id"] == second["run_id"]
     appended = next(r for r in doc["transactions"][0]["records"] if r["type"] == "append")

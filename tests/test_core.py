@@ -103,7 +103,8 @@ def test_begin_json_shape_and_allocated_run_id(ws: WS) -> None:
     assert doc["strategy"] == "Alpha" and doc["run_id"]
     assert Path(doc["run_dir"]) == ws.root / "runs" / doc["run_id"]
     recs = ws.records()
-    assert [r["type"] for r in recs] == ["begin", "mkdir", "mkdir"]
+    assert [(r["type"], r["data"].get("path")) for r in recs[1:]] == [
+        ("mkdir", "backtests/Alpha"), ("mkdir", "runs"), ("mkdir", f"runs/{doc['run_id']}")]   # runs/ is new
     owner = recs[0]["data"]["owner"]
     assert owner["pid"] == os.getpid() and owner["host"] and owner["start"] and owner["boot"]
 
@@ -178,9 +179,10 @@ def test_begin_refuses_owner_pid_not_running(ws: WS) -> None:
 
 def test_begin_owner_from_env_and_flag(ws: WS) -> None:
     doc = sop_json("begin", "-C", str(ws.root), "--strategy", "A", env=scrubbed_env(SOP_OWNER_PID="1"))
-    assert ws.records()[0]["data"]["owner"]["pid"] == 1 and doc["txid"]
+    begins = [r for r in ws.records() if r["type"] == "begin"]
+    assert begins[0]["data"]["owner"]["pid"] == 1 and doc["txid"] == begins[0]["txid"]
     ws.sop("begin", "--strategy", "B", "--owner-pid", str(os.getpid()))
-    assert ws.records()[3]["data"]["owner"]["pid"] == os.getpid()
+    assert [r for r in ws.records() if r["type"] == "begin"][1]["data"]["owner"]["pid"] == os.getpid()
 
 
 @pytest.mark.parametrize("fmt", ["json", "toml", "yaml"])
@@ -432,7 +434,8 @@ def test_a_torn_tail_is_cut_and_kept_by_the_next_write(ws: WS) -> None:
     kept = list((ws.root / ".sop" / "lost+found").iterdir())
     assert len(kept) == 1 and kept[0].read_bytes() == b'{"seq":4,"txid":"half'
     types = [r["type"] for r in ws.records()]
-    assert types[3] == "tail_cut" and types[4] == "begin"
+    assert types.count("tail_cut") == 1 and types[types.index("tail_cut") + 1] == "begin"
+    assert types.index("tail_cut") == 4          # right after Alpha's begin and three mkdirs
 
 
 def test_damage_before_the_tail_refuses_writes_with_exit_5(ws: WS) -> None:
@@ -560,3 +563,78 @@ def test_concurrent_commits_share_rewrites(ws: WS) -> None:
     assert sorted(r[0] for r in ws.rows()[1:]) == [f"G{i}" for i in range(6)]
     writers = {r["pid"] for r in ws.records() if r["type"] == "append"}
     assert len(writers) < 6                     # at least one process wrote another's row
+
+
+def _crash_after_the_sheet_is_replaced(ws: WS, *args: str) -> None:
+    """Run sop-commit killed right after its new sheet took the old one's place (before 'committed')."""
+    import shutil
+    import tempfile
+    shutil.rmtree(ws.root / ".sop" / "cache", ignore_errors=True)   # so that the copy makes the same mutations
+    with tempfile.TemporaryDirectory() as d:
+        trace = Path(d) / "trace"
+        copy = Path(d) / "copy"
+        shutil.copytree(ws.root, copy)
+        sop("commit", "-C", str(copy), *args, env=scrubbed_env(SOP_TRACE_MUTATIONS=str(trace)), code=None)
+        lines = [ln.split() for ln in trace.read_text().splitlines()]
+    k = next(int(n) for n, _pid, kind, path in lines if kind == "replace" and path.endswith(".xlsx"))
+    p = sop("commit", "-C", str(ws.root), *args, env=scrubbed_env(SOP_CRASH_AT=str(k + 1)), code=None)
+    assert p.returncode == 137
+
+
+def test_abort_after_a_crash_that_left_the_row_written_records_the_commit(ws: WS) -> None:
+    tx = ws.begin_tx("Alpha")
+    ws.write_metadata("Alpha", tx["run_id"])
+    _crash_after_the_sheet_is_replaced(ws, tx["txid"])
+    assert ws.rows()[1][:2] == ["Alpha", tx["run_id"]]
+    p = ws.sop("abort", tx["txid"], code=4)
+    assert "committed" in p.stderr
+    assert (ws.root / "backtests" / "Alpha").is_dir() and Path(tx["run_dir"]).is_dir()
+    assert [r["type"] for r in ws.records() if r["txid"] == tx["txid"]][-1] == "committed"
+
+
+def test_commit_retried_on_a_locked_sheet_finds_its_row_already_written(ws: WS) -> None:
+    tx = ws.begin_tx("Alpha")
+    ws.write_metadata("Alpha", tx["run_id"])
+    _crash_after_the_sheet_is_replaced(ws, tx["txid"])
+    _lock_sheet(ws)                                     # a person opened the sheet since
+    doc = ws.json("commit", tx["txid"])
+    assert doc["state"] == "committed" and doc["row"] == 2
+    assert (ws.root / "backtests" / "Alpha").is_dir()
+
+
+def test_a_row_that_a_new_column_cannot_take_waits_without_blocking_others(ws: WS) -> None:
+    import openpyxl
+    tx = ws.begin_tx("Alpha")
+    ws.write_metadata("Alpha", tx["run_id"], note="x" * 40000)
+    _lock_sheet(ws).unlink()
+    lock = _lock_sheet(ws)
+    ws.sop("commit", tx["txid"], "--defer-on-lock", code=3)          # decided, deferred
+    lock.unlink()
+    wb = openpyxl.load_workbook(ws.sheet)                             # someone adds a Note column
+    wb.active.cell(1, 5, "Note")
+    wb.save(ws.sheet)
+    other = ws.begin_tx("Beta")
+    ws.write_metadata("Beta", other["run_id"], note="short")
+    ws.sop("commit", other["txid"])                                   # not blocked by Alpha's row
+    assert [r[0] for r in ws.rows()[1:]] == ["Beta"]
+    p = ws.sop("commit", tx["txid"], code=1)
+    assert "cannot be stored" in p.stderr and "32,767" in p.stderr
+    assert ws.json("status")["transactions"][0]["state"] == "deferred"
+
+
+def test_recover_removes_temporary_files_in_the_cache(ws: WS) -> None:
+    ws.begin("Alpha")
+    stray = ws.root / ".sop" / "cache" / ".sheet-index-0123.msgpack.sop-tmp-1-abcd"
+    stray.write_bytes(b"half")
+    ws.sop("recover")
+    assert not stray.exists()
+
+
+def test_api_run_uses_the_root_from_its_env(ws: WS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import journal
+    monkeypatch.chdir(tmp_path)
+    code = ("import json,os; json.dump({'run_id': os.environ['SOP_RUN_ID']}, "
+            "open(os.path.join(os.environ['SOP_STRATEGY_DIR'], 'run_metadata.json'), 'w'))")
+    res = journal.run([sys.executable, "-c", code], "EnvRoot", env={**os.environ, "SOP_ROOT": str(ws.root)})
+    assert res.state == "committed" and res.status == 0
+    assert ws.rows()[1][0] == "EnvRoot"
