@@ -482,8 +482,8 @@ def _verify(journal_dir: Path, cp: wal.Checkpoint | None, res: FsckResult) -> No
                     msg = (f"record {rec.seq} appears where record {seq + 1} was expected: a record was "
                            "duplicated or moved")
                 else:
-                    gone = f"record {seq + 1} was" if rec.seq == seq + 2 else f"records {seq + 1}–{rec.seq - 1} were"
-                    msg = f"record {rec.seq} appears where record {seq + 1} was expected: {gone} removed or moved"
+                    lost = f"record {seq + 1} was" if rec.seq == seq + 2 else f"records {seq + 1}–{rec.seq - 1} were"
+                    msg = f"record {rec.seq} appears where record {seq + 1} was expected: {lost} removed or moved"
                 raise _Stop(Damage(p.name, lineno, rec.seq, msg))
             if rec.prev != h:
                 raise _Stop(Damage(p.name, lineno, rec.seq,

@@ -414,7 +414,7 @@ class _Package:
         except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as e:
             raise _damaged(path, f"is not a readable zip file ({e})") from None
         self.infos = self.zf.infolist()
-        self.names = {}
+        self.names: dict[str, zipfile.ZipInfo] = {}
         for info in self.infos:
             if info.filename in self.names:
                 raise _damaged(path, f"holds the zip member {info.filename} twice")
@@ -537,7 +537,7 @@ class _SharedStrings:
         # raw: (simple text, marker of a simple entry, rich body) per <si>, as the regex finds them
         simple = [t[0] for t in raw]
         joined = b"\x00".join(simple).decode("utf-8", "replace")
-        strings: list[str | None] = joined.split("\x00") if raw else []
+        strings: list[str | None] = [*joined.split("\x00")] if raw else []
         if "&" in joined or "_x" in joined or "\r" in joined:
             strings = [_xml_text(simple[i]) if ("&" in st or "_x" in st or "\r" in st) else st  # type: ignore[operator]
                        for i, st in enumerate(strings)]
@@ -775,6 +775,7 @@ def _iter_sheet(pkg: _Package, part: str, validate: bool,
             else:
                 state = 1
         if state == 1:
+            assert sx is not None               # set when <sheetData> was found (state 0 -> 1)
             e = buf.find(sx.sheetdata_end)
             if e >= 0:
                 if e:
@@ -2199,7 +2200,9 @@ class _RowShifter:
                 continue
             if new != r:
                 nb = str(new).encode()
-                xml = self.renum_re.sub(lambda m, nb=nb: m.group(1) + nb + b'"', xml)
+                def renumber(m: re.Match[bytes], nb: bytes = nb) -> bytes:
+                    return m.group(1) + nb + b'"'
+                xml = self.renum_re.sub(renumber, xml)
             if has_f and self.f_tag in xml:
                 xml = self.formulas(xml, r, new)
             out.append(xml)
