@@ -77,8 +77,20 @@ def crash_loop(tmp: Path, setup: Path, cmd: list[str], *, before_recover: Callab
         check_sweep_clean(root)
         if expect:
             expect(root)
+        if k in (1, n):
+            check_opens_in_libreoffice(root, tmp / f"lo{k}")
         shutil.rmtree(root)
     return n
+
+
+def check_opens_in_libreoffice(root: Path, out: Path) -> None:
+    """Invariant 3 with a real office suite: LibreOffice reads the same rows as calamine (when installed)."""
+    if not (shutil.which("soffice") or shutil.which("libreoffice")):
+        return                    # the workbook checks in test_xlsx_fidelity.py skip with the reason
+    from fixtures_xlsx import soffice_csv
+    rows = soffice_csv(root / "backtests" / "Strategy_Master_Filter.xlsx", out)
+    assert rows[0][:2] == ["Strategy", "RunID"]
+    assert [(r[0], r[1]) for r in rows[1:] if any(r)] == sheet_rows(root)
 
 
 def test_crash_at_every_point_of_begin(tmp_path: Path, sleeper: Callable[[], subprocess.Popen[bytes]]) -> None:
