@@ -226,14 +226,20 @@ def test_crash_at_every_point_of_recover(tmp_path: Path, sleeper: Callable[[], s
     assert n >= 6
 
 
-@pytest.mark.parametrize("cmd", ["begin", "commit", "abort"])
+@pytest.mark.parametrize("cmd", ["begin", "commit", "abort", "recover"])
 def test_io_errors_at_every_point(tmp_path: Path, sleeper: Callable[[], subprocess.Popen[bytes]], cmd: str) -> None:
     """ENOSPC, EIO and EACCES, once and persistently: a clear error, and a state recovery completes."""
     setup = base_workspace(tmp_path)
     owner = sleeper()
     tx = begun(setup, "Alpha", owner.pid)
+    if cmd == "recover":                       # something to recover: an abandoned run and a decided one
+        gone = sleeper()
+        begun(setup, "Abandoned", gone.pid, meta=False)
+        decided = begun(setup, "Decided", gone.pid)
+        kill(gone)
+        assert run(setup, "commit", decided["txid"], crash_at=4).returncode == 137
     args = {"begin": ["begin", "--strategy", "Beta", "--owner-pid", str(owner.pid)],
-            "commit": ["commit", tx["txid"]], "abort": ["abort", tx["txid"]]}[cmd]
+            "commit": ["commit", tx["txid"]], "abort": ["abort", tx["txid"]], "recover": ["recover"]}[cmd]
     n = count_mutations(setup, *args)
     codes = ["ENOSPC", "EIO", "EACCES"]
     for k in range(1, n + 1):
@@ -247,8 +253,9 @@ def test_io_errors_at_every_point(tmp_path: Path, sleeper: Callable[[], subproce
                 assert "error" in p.stderr.lower() and "Traceback" not in p.stderr
                 assert os.strerror(getattr(errno, name)) in p.stderr or "locked" in p.stderr
             recover_twice(root)
-            live = set(_open(root))
-            check_invariants(root, live=live)
+            live = _open(root)
+            assert set(live.values()) <= {"begun"}, live      # only the live owner's undecided runs stay open
+            check_invariants(root, live=set(live))
             shutil.rmtree(root)
 
 
