@@ -112,6 +112,7 @@ Refusals
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import numbers
 import operator
@@ -1487,12 +1488,7 @@ def append_rows(path: str | os.PathLike[str], worksheet: str | None,
     encoded = _encode_rows(rows)
     if not rows:
         return []
-    pkg = _Package(path)
-    validator: _Validator | None = None
-    try:
-        info = pkg.sheet(worksheet)
-        validator = _Validator(pkg, info.part)
-        scan = _scan(pkg, info.part, validator.inline)
+    with _editing(path, worksheet) as (pkg, info, validator, scan):
         sx = scan.sx
         first = _clear_of_merges(scan.seg.tail, sx, scan.last_content_row + 1, len(rows))
         numbers = list(range(first, first + len(rows)))
@@ -1547,6 +1543,20 @@ def append_rows(path: str | os.PathLike[str], worksheet: str | None,
         hook = None if before_replace is None else (lambda st: before_replace(numbers, st))
         fsops.atomic_write(path, write, hook)
         return numbers
+
+
+@contextlib.contextmanager
+def _editing(path: str | os.PathLike[str], worksheet: str | None
+             ) -> Iterator[tuple[_Package, _SheetInfo, _Validator, _Scan]]:
+    """Open a workbook for a rewrite of its master sheet: the package, the sheet, the XML check
+    started beside the rewrite, and the first scan.  The check is cancelled and the package
+    closed however the rewrite ends (a finished rewrite has joined the check already)."""
+    pkg = _Package(path)
+    validator: _Validator | None = None
+    try:
+        info = pkg.sheet(worksheet)
+        validator = _Validator(pkg, info.part)
+        yield pkg, info, validator, _scan(pkg, info.part, validator.inline)
     finally:
         if validator is not None:
             validator.cancel()
@@ -2321,12 +2331,7 @@ def remove_rows(path: str | os.PathLike[str], worksheet: str | None, numbers: li
     if not numbers:
         return
     rows = _RowMap(numbers)
-    pkg = _Package(path)
-    validator: _Validator | None = None
-    try:
-        info = pkg.sheet(worksheet)
-        validator = _Validator(pkg, info.part)
-        scan = _scan(pkg, info.part, validator.inline)
+    with _editing(path, worksheet) as (pkg, info, validator, scan):
         sx = scan.sx
         head, tail = _open_sheetdata(scan.seg, sx)
         head, tail = _remove_outside_rows(pkg, head, tail, rows, info.name)
@@ -2361,7 +2366,3 @@ def remove_rows(path: str | os.PathLike[str], worksheet: str | None, numbers: li
                 pkg.close()
 
         fsops.atomic_write(path, write)
-    finally:
-        if validator is not None:
-            validator.cancel()
-        pkg.close()
