@@ -289,6 +289,16 @@ def _get(ws: Workspace, w: wal.Writer, txid: str) -> wal.TxState:
     return tx
 
 
+def _current(ws: Workspace, txid: str) -> wal.TxState:
+    """A transaction's state as the journal says now (read under the workspace lock)."""
+    with _locked(ws) as w:
+        return _get(ws, w, txid)
+
+
+def _committed(tx: wal.TxState, **kw: Any) -> CommitResult:
+    return CommitResult(tx.txid, tx.strategy, tx.run_id, "committed", row=tx.row_number or None, **kw)
+
+
 def _gate(ws: Workspace, tx: wal.TxState, now: datetime) -> dict[str, Any]:
     """The validation gate (SPEC §5 sop-commit); Refused with the reason, the transaction left open."""
     meta_path = ws.strategy_dir(tx.strategy) / "run_metadata.json"
@@ -352,8 +362,7 @@ def commit(txid: str, *, defer_on_lock: bool = False, root: PathArg = None, now:
             raise WrongState(f"transaction {txid} is {tx.state}; only a begun or deferred transaction can be "
                              "committed", detail="Action: start a new run with 'sop-begin'.")
 
-    with _locked(ws) as w:
-        tx = _get(ws, w, txid)
+    tx = _current(ws, txid)
     if tx.state == "committed":
         return CommitResult(txid, tx.strategy, tx.run_id, "committed", already=True)
     check(tx)
@@ -379,19 +388,16 @@ def commit(txid: str, *, defer_on_lock: bool = False, root: PathArg = None, now:
                       detail="The commit decision is on record. Fix the sheet's column, then 'sop-commit "
                              f"{txid}' again (or 'sop-recover'), or 'sop-abort {txid}'.")
     if result.locked_by is None:
-        with _locked(ws) as w:
-            tx = _get(ws, w, txid)
+        tx = _current(ws, txid)
         if tx.state != "committed":
             raise WrongState(f"transaction {txid} is {tx.state}: it was rolled back while it waited for the sheet")
-        others = [t for t in result.committed if t != txid]
-        return CommitResult(txid, tx.strategy, tx.run_id, "committed", row=result.rows.get(txid) or tx.row_number,
-                            also_committed=others)
+        return _committed(tx, also_committed=[t for t in result.committed if t != txid])
     locked_by = result.locked_by or "unknown user"
     if defer_on_lock or was_deferred or ws.config.on_locked == "defer":
         with _locked(ws) as w:
             tx = _get(ws, w, txid)
             if tx.state == "committed":                 # another process wrote it meanwhile
-                return CommitResult(txid, tx.strategy, tx.run_id, "committed", row=tx.row_number)
+                return _committed(tx)
             if tx.state == "committing":
                 w.append(txid, "defer", {"reason": "sheet locked", "locked_by": locked_by}, now=now)
         raise SheetLocked(f"Indexing deferred: the Master Sheet is locked by {locked_by}.",
@@ -402,11 +408,10 @@ def commit(txid: str, *, defer_on_lock: bool = False, root: PathArg = None, now:
     try:
         moved = rollback(ws, txid, reason=f"sheet locked by {locked_by}", delete=False, now=now)
     except WrongState:
-        with _locked(ws) as w:
-            tx = _get(ws, w, txid)
+        tx = _current(ws, txid)
         if tx.state != "committed":
             raise
-        return CommitResult(txid, tx.strategy, tx.run_id, "committed", row=tx.row_number)
+        return _committed(tx)
     where = ", ".join(f"{k} -> {v}" for k, v in moved.moved.items()) or "nothing to move"
     raise SheetLocked(SCRUBBED, locked_by=locked_by,
                       detail=f"The Master Sheet was locked by {locked_by} through {ws.config.retries} attempt(s). "
@@ -451,7 +456,6 @@ def _gather(ws: Workspace, sleep: Callable[[float], None]) -> None:
 class FlushResult:
     states: dict[str, wal.TxState]
     committed: list[str]
-    rows: dict[str, int]
     locked_by: str | None
     blocked: dict[str, str] = field(default_factory=dict)   # txid -> why its row cannot be stored now
 
@@ -466,7 +470,6 @@ def flush(ws: Workspace, *, want: str | None = None, now: datetime | None = None
     now = _now(now)
     attempts = attempts or ws.config.retries
     committed: list[str] = []
-    rows: dict[str, int] = {}
     locked_by: str | None = None
     states: dict[str, wal.TxState] = {}
     for attempt in range(attempts):
@@ -477,10 +480,10 @@ def flush(ws: Workspace, *, want: str | None = None, now: datetime | None = None
             with _locked(ws) as w:
                 mine = w.states.get(want) if want is not None else None
                 if mine is not None and mine.state == "committed":
-                    return FlushResult(w.states, committed, rows, None)
+                    return FlushResult(w.states, committed, None)
                 waiting = [t for t in w.j.open_transactions() if t.state in wal.DECIDED_STATES]
                 if not waiting:
-                    return FlushResult(w.states, committed, rows, None)
+                    return FlushResult(w.states, committed, None)
                 view = sheet.read(ws)
                 todo: list[wal.TxState] = []
                 blocked: dict[str, str] = {}
@@ -489,7 +492,6 @@ def flush(ws: Workspace, *, want: str | None = None, now: datetime | None = None
                     if present:                         # redo: the row is already there
                         w.append(t.txid, "committed", {"row_number": present[0].number}, now=now)
                         committed.append(t.txid)
-                        rows[t.txid] = present[0].number
                         continue
                     try:                                # a column added since its gate may not take a value:
                         sheet.check_row(view, t.row or {})   # that row waits; it never blocks the others
@@ -499,7 +501,7 @@ def flush(ws: Workspace, *, want: str | None = None, now: datetime | None = None
                     todo.append(t)
                 states = w.states
                 if not todo:
-                    return FlushResult(states, committed, rows, None, blocked)
+                    return FlushResult(states, committed, None, blocked)
                 locked_by = locks.sheet_locked_by(ws.sheet)
                 if locked_by is not None:
                     continue
@@ -515,10 +517,9 @@ def flush(ws: Workspace, *, want: str | None = None, now: datetime | None = None
                     for t, n in zip(todo, numbers, strict=True):
                         w.append(t.txid, "committed", {"row_number": n}, now=now)
                         committed.append(t.txid)
-                        rows[t.txid] = n
                     states = w.states
-            return FlushResult(states, committed, rows, None, blocked)
-    return FlushResult(states, committed, rows, locked_by)
+            return FlushResult(states, committed, None, blocked)
+    return FlushResult(states, committed, locked_by)
 
 
 # ---------------------------------------------------------------- abort / rollback
@@ -677,8 +678,9 @@ def run(cmd: Sequence[str], strategy: str | None = None, *, run_id: str | None =
         c = commit(tx.txid, defer_on_lock=defer_on_lock, root=root)
         return RunResult(tx.txid, tx.strategy, tx.run_id, 0, c.state, 0, commit=c)
     except Refused as e:
-        if _state_of(root, tx.txid) != "begun":       # decided after all: recovery finishes it, never scrub it
-            return RunResult(tx.txid, tx.strategy, tx.run_id, 0, _state_of(root, tx.txid), e.exit_code, error=e)
+        state = _state_of(root, tx.txid)
+        if state != "begun":                          # decided after all: recovery finishes it, never scrub it
+            return RunResult(tx.txid, tx.strategy, tx.run_id, 0, state, e.exit_code, error=e)
         ab = abort(tx.txid, root=root, reason="the commit gate refused the run")
         e.detail = _rolled_back_detail(ab)
         return RunResult(tx.txid, tx.strategy, tx.run_id, 0, ab.state, e.exit_code, error=e, abort=ab)
@@ -692,10 +694,10 @@ def _rolled_back_detail(ab: AbortResult) -> str:
 
 
 def _state_of(root: PathArg, txid: str) -> str:
-    ws = open_workspace(root)
-    j = wal.load(ws)
-    tx = wal.find_transaction(ws, txid, j)
-    return tx.state if tx else "unknown"
+    try:
+        return _current(open_workspace(root), txid).state
+    except NoSuchTransaction:
+        return "unknown"
 
 
 # ---------------------------------------------------------------- status
