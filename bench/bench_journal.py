@@ -96,7 +96,7 @@ class Gen:
             self.seal()
         self.seq += 1
         self.t += timedelta(seconds=7)
-        body = wal._Body(seq=self.seq, txid=txid, type=type_, time=wal.fmt_time(self.t), user="ana",
+        body = wal.Body(seq=self.seq, txid=txid, type=type_, time=wal.fmt_time(self.t), user="ana",
                          host="bench-host", pid=5120, prev=self.hash, data=data)
         line = wal.encode_line(body)
         self.buf += line

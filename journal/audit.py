@@ -37,10 +37,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Callable, Collection
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +47,10 @@ import msgspec
 
 from . import names, wal
 from .errors import JournalDamaged, NoSuchTransaction, UsageError
-from .workspace import open_workspace
-
-PathArg = str | os.PathLike[str] | None
-STATES = ("begun", "committing", "deferred", "committed", "aborting", "aborted", "planned")
-STATE_CHOICES = (*STATES, "open")
-_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*(?:ago)?\s*$", re.IGNORECASE)
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
+from .render import NOT_JSON
+from .states import OPEN, OPEN_STATES, STATE_CHOICES, STATES
+from .when import parse_when
+from .workspace import RootArg, open_workspace
 
 # ---------------------------------------------------------------- sop-log
 
@@ -79,39 +74,7 @@ class LogResult:
     """Transactions, newest first (by when each began); ``torn`` notes a torn tail that was skipped."""
 
     transactions: list[Transaction]
-    torn: str | None = None
-
-
-def parse_when(text: str | datetime, now: datetime, *, end: bool = False) -> datetime:
-    """A ``--since``/``--until`` bound: an ISO date or time (UTC unless it says), or an age like ``2h``, ``3d``.
-
-    A date alone as an ``end`` bound means the end of that day, as a person
-    reading ``--until 2026-03-01`` expects.
-    """
-    if isinstance(text, datetime):
-        return text if text.tzinfo else text.replace(tzinfo=UTC)
-    t = text.strip()
-    m = _AGE.match(t)
-    if m:
-        return now - timedelta(seconds=float(m[1]) * _UNITS[m[2].lower()])
-    low = t.lower()
-    midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    if low == "now":
-        return now
-    if low in ("today", "yesterday"):
-        day = midnight - timedelta(days=1 if low == "yesterday" else 0)
-        return day + timedelta(days=1, microseconds=-1) if end else day
-    try:
-        dt = datetime.fromisoformat(t)
-    except ValueError:
-        raise UsageError(f"not a date, time or age: {text!r}",
-                         detail="Use an ISO date or time (2026-03-01, 2026-03-01T14:30Z) or an age "
-                                "(90m, 2h, 3d, 1w).") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    if end and len(t) == 10:
-        dt += timedelta(days=1, microseconds=-1)
-    return dt
+    torn: str | None = field(default=None, metadata=NOT_JSON)
 
 
 def _states_wanted(state: str | Collection[str] | None) -> set[str] | None:
@@ -123,8 +86,8 @@ def _states_wanted(state: str | Collection[str] | None) -> set[str] | None:
     out: set[str] = set()
     for s in wanted:
         s = s.strip().lower()
-        if s == "open":
-            out |= set(wal.OPEN_STATES)
+        if s == OPEN:
+            out |= set(OPEN_STATES)
         elif s in STATES:
             out.add(s)
         else:
@@ -162,7 +125,7 @@ def _transaction(txid: str, recs: list[wal.Record]) -> Transaction:
                        st.begun_at, st.updated_at)
 
 
-def log(*, root: PathArg = None, txid: str | None = None, strategy: str | None = None,
+def log(*, root: RootArg = None, txid: str | None = None, strategy: str | None = None,
         since: str | datetime | None = None, until: str | datetime | None = None,
         state: str | Collection[str] | None = None, now: datetime | None = None,
         env: dict[str, str] | None = None) -> LogResult:
@@ -219,17 +182,12 @@ def log(*, root: PathArg = None, txid: str | None = None, strategy: str | None =
     return LogResult(out, torn_note)
 
 
-def as_json(res: LogResult) -> dict[str, Any]:
-    """``sop-log --json``: exactly ``{"transactions": [...]}``."""
-    return {"transactions": [asdict(t) for t in res.transactions]}
-
-
 # ---------------------------------------------------------------- the human view of sop-log
 
 Style = Callable[..., str]
 
 
-def _plain(text: str, **_: Any) -> str:
+def plain(text: str, **_: Any) -> str:
     return text
 
 
@@ -313,7 +271,7 @@ _STATE_COLOURS = {"committed": "green", "aborted": "red", "aborting": "red", "de
                   "committing": "yellow", "begun": "cyan", "planned": "cyan"}
 
 
-def format_log(res: LogResult, *, full: bool = False, style: Style = _plain) -> str:
+def format_log(res: LogResult, *, full: bool = False, style: Style = plain) -> str:
     """The human view: one block per transaction, like ``git log``; ``full`` adds each record's writer."""
     blocks: list[str] = []
     for tx in res.transactions:
@@ -382,6 +340,13 @@ class FsckResult:
     warnings: list[str] = field(default_factory=list)
     action: str = ""
 
+    @property
+    def error(self) -> JournalDamaged | None:
+        """Damage (exit 5) once the report is out; a torn tail is not damage."""
+        if self.ok:
+            return None
+        return JournalDamaged(self.damage.message if self.damage else "the journal is damaged", detail=self.action)
+
 
 DAMAGE_ACTION = ("Do not edit the journal by hand, and do not run commands that write (they refuse, exit 5). "
                  "Keep a copy of .sop/, then restore .sop/journal/ and .sop/checkpoint.json from a backup "
@@ -400,10 +365,10 @@ class _Stop(Exception):
 
 
 def _open_summary(states: dict[str, wal.TxState]) -> dict[str, tuple[str, str, str, str]]:
-    return {k: (v.kind, v.state, v.strategy, v.run_id) for k, v in states.items() if v.state in wal.OPEN_STATES}
+    return {k: (v.kind, v.state, v.strategy, v.run_id) for k, v in states.items() if v.state in OPEN_STATES}
 
 
-def fsck(*, root: PathArg = None, env: dict[str, str] | None = None) -> FsckResult:
+def fsck(*, root: RootArg = None, env: dict[str, str] | None = None) -> FsckResult:
     """Verify the whole journal, read-only (SPEC §3, §5 sop-fsck); the result says where it is damaged."""
     ws = open_workspace(root, env)
     res = FsckResult(ok=True, records=0)
@@ -552,11 +517,6 @@ def _why_bad(line: bytes) -> str:
     return "checksum mismatch (the record was changed)"
 
 
-def fsck_json(res: FsckResult) -> dict[str, Any]:
-    """``sop-fsck --json``: ok, records, segments, torn, damage (plus checkpoint, warnings, action)."""
-    return asdict(res)
-
-
 def format_fsck(res: FsckResult) -> str:
     """The human report of ``sop-fsck``."""
     sealed = [s for s in res.segments if s.sealed]
@@ -581,4 +541,4 @@ def format_fsck(res: FsckResult) -> str:
 
 
 __all__ = ["log", "fsck", "LogResult", "Transaction", "FsckResult", "Damage", "SegmentReport", "parse_when",
-           "format_log", "format_fsck", "as_json", "fsck_json", "describe"]
+           "format_log", "format_fsck", "describe", "plain"]

@@ -80,3 +80,21 @@ class Busy(SopError):
     """The workspace lock was not acquired in time."""
 
     exit_code = 6
+
+
+class FindingsRemain(SopError):
+    """``sop-sweep --exit-code``: findings that need fixing remain (a check for scripts, not a failure)."""
+
+    exit_code = 1
+
+
+class IOFailure(Damaged):
+    """An operating-system error stopped a command half-way; the journal says what was done."""
+
+    exit_code = 5
+
+
+class Interrupted(SopError):
+    """Ctrl-C: the command stopped where it was; recovery finishes or rolls back what it left open."""
+
+    exit_code = 130

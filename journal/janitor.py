@@ -44,7 +44,7 @@ Then, each announced by its own record before the act:
 ``rename``      ``{"step": i, "src", "dst", "finding"}``;
 ``done``        ``{"steps": n, "skipped": {i: why}}`` — the sweep is committed.
 
-Redo (:func:`finish_plan`, called by ``sop-recover`` for a sweep left
+Redo (:func:`journal.txn.finish_plan`, called by ``sop-recover`` for a sweep left
 ``planned``) looks before it acts: a row is removed only while a row with
 the step's strategy *and* run id is on the sheet (matched by name, since row
 numbers shift); a folder is deleted only while it is still there, a real
@@ -64,32 +64,30 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from . import fsops, locks, names, sheet, wal
-from .errors import SheetLocked, UsageError
+from . import fsops, locks, names, sheet, txn, wal
+from .errors import UsageError
 from .owner import owner_of
-from .porcelain import PathArg, _locked, _now, _owner_dict, _quarantine_name, parse_duration
-from .workspace import Workspace, open_workspace
+from .render import NOT_JSON
+from .txn import Progress, Session
+from .when import parse_duration
+from .workspace import RootArg, Workspace, open_workspace
 
 KINDS = ("orphaned_row", "zombie_folder", "zombie_run", "identity_mismatch", "duplicate_row", "quarantined",
          "in_flight", "abandoned", "unsafe_entry")
 BENIGN = frozenset({"quarantined", "in_flight", "abandoned"})     # never make --exit-code fail
 NEEDS_PERSON = ("duplicate_row", "identity_mismatch", "unsafe_entry")
 RECOVERY_OLDER_THAN = timedelta(hours=24)                          # sop-recover's default
-ZOMBIE_KINDS = ("zombie_folder", "zombie_run")
 REPORT_ONLY = "report only"
 CASCADE = "trust the sheet:"
 METADATA_THREADS = 16                 # concurrent reads of run_metadata.json (see _read_identities)
 METADATA_BATCH = 2048                 # fewer files than this are read one by one
-
-Progress = Callable[[str, int, int], None]
-"""``progress(phase, done, total)``: called now and then during long phases."""
 
 
 @dataclass
@@ -104,12 +102,7 @@ class Finding:
     done: bool = False
     detail: str = ""
     row: int | None = None
-    steps: list[int] = field(default_factory=list, repr=False)   # the plan steps that fix it
-
-    def as_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        del d["steps"]
-        return d
+    steps: list[int] = field(default_factory=list, repr=False, metadata=NOT_JSON)   # the plan steps that fix it
 
 
 @dataclass
@@ -122,9 +115,9 @@ class SweepResult:
     findings: list[Finding]
     report: str
     txid: str | None = None
-    recovery: list[dict[str, Any]] = field(default_factory=list)
-    rows: int = 0
-    folders: int = 0
+    recovery: list[Any] = field(default_factory=list)          # what recovery did first (recovery.Action)
+    rows: int = field(default=0, metadata=NOT_JSON)
+    folders: int = field(default=0, metadata=NOT_JSON)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -137,10 +130,9 @@ class SweepResult:
     def remaining(self) -> list[Finding]:
         return [f for f in self.findings if f.kind not in BENIGN and not f.done]
 
-    def as_json(self) -> dict[str, Any]:
-        return {"findings": [f.as_json() for f in self.findings], "report": self.report, "txid": self.txid,
-                "dry_run": self.dry_run, "when": self.when, "root": self.root, "counts": self.counts,
-                "remaining": len(self.remaining), "recovery": self.recovery}
+    @property
+    def json_extra(self) -> dict[str, Any]:
+        return {"counts": self.counts, "remaining": len(self.remaining)}
 
 
 # ---------------------------------------------------------------- scanning
@@ -242,11 +234,6 @@ def _unsafe(name: str) -> str | None:
     if _PLAIN.match(name) and "_FAILED_" not in name and name.split(".", 1)[0].upper() not in names.RESERVED:
         return None
     return names.unsafe_reason(name)
-
-
-def _key(name: str) -> str:
-    """:func:`journal.names.key`; NFC leaves ASCII as it is."""
-    return name.casefold() if name.isascii() else names.key(name)
 
 
 # ---------------------------------------------------------------- classification
@@ -363,7 +350,7 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
         for e in entries:
             name = e.name
             if e.what == "dir" and (reason := _unsafe(name)) is None:
-                k = _key(name)
+                k = names.key(name)
                 if k in folders:
                     folders[k].append(name)
                 else:
@@ -372,12 +359,12 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
             path = f"{rel}/{name}"
             if e.what != "dir":
                 what = "a symbolic link (never followed)" if e.what == "link" else "a file, not a folder"
-                unsafe[(rel, _key(name))] = plan.add(
+                unsafe[(rel, names.key(name))] = plan.add(
                     Finding("unsafe_entry", path=path, action=REPORT_ONLY, detail=f"{path} is {what}"))
             elif names.FAILED_RE.match(name):
                 quarantined.append((rel, name))
             else:
-                unsafe[(rel, _key(name))] = plan.add(
+                unsafe[(rel, names.key(name))] = plan.add(
                     Finding("unsafe_entry", path=path, action=REPORT_ONLY,
                             detail=f"sop would refuse the name {name!r}: {reason}"))
 
@@ -561,7 +548,7 @@ def _held_detail(tx: wal.TxState, why: str) -> str:
 def _zombie_step(ws: Workspace, top: str, name: str, kind: str, zombie_action: str, now: datetime) -> dict[str, Any]:
     path = f"{top}/{name}"
     if zombie_action == "quarantine":
-        dst = _quarantine_name(ws.root / path, now)
+        dst = txn.quarantine_name(ws.root / path, now)
         return {"op": "rename", "src": path, "dst": ws.rel(dst), "finding": kind}
     return {"op": "delete", "path": path, "finding": kind}
 
@@ -624,184 +611,17 @@ def _check_identity(plan: _Plan, bt_rel: str, number: int, strategy: str, run_id
     plan.add(Finding("identity_mismatch", strategy, run_id, path, action, detail="; ".join(problems), row=number))
 
 
-# ---------------------------------------------------------------- executing a plan
-
 def _same(value: Any, text: str) -> bool:
     """A metadata value names the same thing as a sheet cell's text (``123`` is ``"123"``)."""
     if isinstance(value, str):
-        return value == text or _key(value) == _key(text)
+        return value == text or names.key(value) == names.key(text)
     return False
-
-
-def _safe_target(ws: Workspace, rel: str) -> Path | None:
-    """``backtests/NAME`` or ``runs/NAME`` as a path, or None for anything else (a tampered plan)."""
-    top, _, name = rel.rpartition("/")
-    if top not in (ws.rel(ws.backtests), ws.rel(ws.runs)) or name in ("", ".", "..") or "\\" in name:
-        return None
-    parent = ws.root / top
-    if os.path.islink(parent):
-        return None
-    return parent / name
-
-
-def _present_keys(view: sheet.SheetView) -> tuple[set[str], set[str]]:
-    """The name keys of the strategies and run ids on the sheet."""
-    skeys, rkeys = view.keylists()
-    return set(skeys) - {""}, set(rkeys) - {""}
-
-
-def _match(view: sheet.SheetView, step: dict[str, Any]) -> sheet.SheetRow | None:
-    """The row a remove_row step means: same strategy and run id; the recorded number wins a tie."""
-    cands = [r for r in view.strategy_rows(step["strategy"]) if names.key(r.run_id) == names.key(step["run_id"])]
-    for r in cands:
-        if r.number == step.get("row_number"):
-            return r
-    return cands[0] if cands else None
-
-
-def _row_values(view: sheet.SheetView, r: sheet.SheetRow) -> dict[str, Any]:
-    from .xlsx import col_letters
-    out: dict[str, Any] = {}
-    for c, v in sorted(r.values.items()):
-        out[view.headers.get(c) or col_letters(c)] = v
-    return out
-
-
-def _execute(ws: Workspace, w: wal.Writer, txid: str, now: datetime,
-             progress: Progress | None = None) -> dict[int, str]:
-    """Do what a plan still needs, each step announced first; returns ``{step: why skipped}``.
-
-    The caller holds the sheet-writer lock and the workspace lock, and has
-    checked that no person holds the sheet when rows are to go.
-    """
-    tick = progress or (lambda phase, done, total: None)
-    tx = w.states[txid]
-    steps = list(tx.plan)
-    skipped: dict[int, str] = {}
-    row_steps = [(i, s) for i, s in enumerate(steps) if s.get("op") == "remove_row"]
-    announced_ren = dict(tx.renames)          # a redo renames to the destination already on record, if free
-    done_before = set(tx.deleted) | set(announced_ren)
-    present: tuple[set[str], set[str]] | None = None
-    if row_steps:
-        full = sheet.read(ws, all_columns=True)
-        numbers: list[int] = []
-        for i, s in row_steps:
-            r = _match(full, s)
-            if r is None:
-                skipped[i] = "the row is no longer on the sheet"
-                continue
-            w.append(txid, "remove_row", {"step": i, "row_number": r.number, "strategy": r.strategy,
-                                          "run_id": r.run_id, "values": _row_values(full, r)}, now=now)
-            numbers.append(r.number)
-        if numbers:
-            tick("removing rows", 0, len(numbers))
-            try:
-                sheet.remove(ws, sorted(set(numbers)))
-            except PermissionError as e:
-                raise SheetLocked(f"the Master Sheet could not be written ({e.strerror}); the sweep is unfinished",
-                                  detail=f"Close the sheet, then run 'sop-recover' to finish sweep {txid}.") from None
-            gone = set(numbers)
-            present = _present_keys(sheet.SheetView(full.path, full.worksheet, full.header_row, full.headers,
-                                                    full.columns, [r for r in full.rows if r.number not in gone]))
-        else:
-            present = _present_keys(full)
-    folder_steps = [(i, s) for i, s in enumerate(steps) if s.get("op") in ("delete", "rename")]
-    if folder_steps and present is None:
-        present = _present_keys(sheet.read(ws))
-    held: set[tuple[str, str]] = set()
-    for t in w.j.open_transactions():
-        if t.kind == "run":
-            held |= {(ws.rel(ws.backtests), names.key(t.strategy)), (ws.rel(ws.runs), names.key(t.run_id))}
-    for n, (i, s) in enumerate(folder_steps):
-        if not n % 256:
-            tick("cleaning folders", n, len(folder_steps))
-        rel = s["path"] if s["op"] == "delete" else s["src"]
-        target = _safe_target(ws, rel)
-        if target is None:
-            skipped[i] = f"{rel} is not a folder directly under backtests/ or runs/"
-            continue
-        if not os.path.lexists(target):
-            skipped[i] = "already gone" if rel in done_before else "not there"
-            continue
-        if target.is_symlink() or not target.is_dir():
-            skipped[i] = "no longer a real folder"
-            continue
-        top, _, name = rel.rpartition("/")
-        if s.get("finding") in ZOMBIE_KINDS:
-            assert present is not None
-            keys = present[0] if top == ws.rel(ws.backtests) else present[1]
-            if names.key(name) in keys:
-                skipped[i] = "a row indexes it now"
-                continue
-            if (top, names.key(name)) in held:
-                skipped[i] = "an open transaction holds it now"
-                continue
-        # Announced every time it is about to happen: after a crash the folder may not be the one announced.
-        if s["op"] == "delete":
-            w.append(txid, "delete", {"step": i, "path": rel, "files": fsops.file_list(target),
-                                      "finding": s.get("finding", "")}, now=now)
-            fsops.rmtree(target)
-        else:
-            dst_rel = announced_ren.get(rel) or s["dst"]
-            dst = _safe_target(ws, dst_rel)
-            if dst is None or os.path.lexists(dst):
-                dst = _quarantine_name(target, now)
-                dst_rel = ws.rel(dst)
-            w.append(txid, "rename", {"step": i, "src": rel, "dst": dst_rel, "finding": s.get("finding", "")},
-                     now=now)
-            fsops.rename(target, dst)
-    w.append(txid, "done", {"steps": len(steps), "skipped": {str(k): v for k, v in skipped.items()}}, now=now)
-    return skipped
-
-
-def _attempts(ws: Workspace, sleep: Callable[[float], None]) -> Iterable[int]:
-    """``[lock].retries`` attempts, with doubling backoff between them."""
-    for attempt in range(ws.config.retries):
-        if attempt:
-            sleep(ws.config.backoff * (2 ** (attempt - 1)))
-        yield attempt
-
-
-def _locked_out(ws: Workspace, who: str, what: str) -> SheetLocked:
-    return SheetLocked(f"the Master Sheet is locked by {who}: {what}",
-                       locked_by=who,
-                       detail=f"It stayed locked through {ws.config.retries} attempt(s). Close it in Excel or "
-                              "LibreOffice and run the command again.")
-
-
-def finish_plan(ws: Workspace, txid: str, *, now: datetime, sleep: Callable[[float], None] = time.sleep) -> None:
-    """Finish a sweep left ``planned`` by a crash (called by ``sop-recover``); idempotent.
-
-    Raises SheetLocked (exit 3) when rows are still to go and a person holds
-    the sheet through every attempt; the sweep then stays planned.
-    """
-    who: str | None = None
-    for _ in _attempts(ws, sleep):
-        with locks.hold(ws.sheet_lock_path, ws.config.lock_timeout, "Master Sheet writer"), _locked(ws) as w:
-            tx = wal.find_transaction(ws, txid, w.j)
-            if tx is None or tx.kind != "sweep" or tx.state != "planned":
-                return
-            w.states[txid] = tx
-            who = locks.sheet_locked_by(ws.sheet)
-            if who is not None and _rows_pending(ws, tx):
-                continue
-            _execute(ws, w, txid, now)
-            return
-    raise _locked_out(ws, who or "unknown user", f"sweep {txid} still has rows to remove")
-
-
-def _rows_pending(ws: Workspace, tx: wal.TxState) -> bool:
-    steps = [s for s in tx.plan if s.get("op") == "remove_row"]
-    if not steps:
-        return False
-    view = sheet.read(ws)
-    return any(_match(view, s) is not None for s in steps)
 
 
 # ---------------------------------------------------------------- the sweep
 
-def sweep(*, root: PathArg = None, fix: bool = False, report: PathArg = None, purge_failed: bool = False,
-          older_than: str | timedelta | None = None, now: datetime | None = None,
+def sweep(*, root: RootArg = None, fix: bool = False, report: str | os.PathLike[str] | None = None,
+          purge_failed: bool = False, older_than: str | timedelta | None = None, now: datetime | None = None,
           env: dict[str, str] | None = None, progress: Progress | None = None,
           sleep: Callable[[float], None] = time.sleep) -> SweepResult:
     """Compare the Master Sheet with ``backtests/`` and ``runs/``; with ``fix``, repair in one transaction.
@@ -819,9 +639,10 @@ def sweep(*, root: PathArg = None, fix: bool = False, report: PathArg = None, pu
     if older_than is not None and not purge_failed:
         raise UsageError("--older-than only applies to --purge-failed",
                          detail="Pass both, e.g. --purge-failed --older-than 7d.")
-    ot = parse_duration(older_than) if isinstance(older_than, str) else older_than
-    now = _now(now)
+    ot = parse_duration(older_than) if older_than is not None else None
+    now = txn.clock(now)
     ws = open_workspace(root, env)
+    session = Session(ws)
     report_path = Path(report).absolute() if report is not None else ws.report
     result = SweepResult(dry_run=not fix, when=now.strftime("%Y-%m-%dT%H:%M:%SZ"), root=str(ws.root), findings=[],
                          report=str(report_path))
@@ -833,11 +654,11 @@ def sweep(*, root: PathArg = None, fix: bool = False, report: PathArg = None, pu
                         report_path=report_path, progress=progress)
     else:
         from . import recovery
-        rec = recovery.recover(root=ws.root, now=now, env=env, sleep=sleep)
-        result.recovery = [asdict(a) for a in rec.actions]
+        rec = recovery.recover(root=ws, now=now, env=env, sleep=sleep)
+        result.recovery = rec.actions
         who = None
-        for _ in _attempts(ws, sleep):
-            with locks.hold(ws.sheet_lock_path, ws.config.lock_timeout, "Master Sheet writer"), _locked(ws) as w:
+        for _ in txn.attempts(ws, sleep):
+            with session.sheet_writer(), session.locked() as w:
                 view = sheet.read(ws)
                 plan = classify(ws, view, w.j.open_transactions(), now=now, purge_older_than=ot,
                                 report_path=report_path, progress=progress)
@@ -846,15 +667,16 @@ def sweep(*, root: PathArg = None, fix: bool = False, report: PathArg = None, pu
                     if who is not None:
                         continue
                 if plan.steps:
-                    result.txid = f"tx-{names.stamp(now)}-{os.urandom(3).hex()}"
-                    w.append(result.txid, "plan", {"steps": plan.steps, "owner": _owner_dict(owner_of(os.getpid())),
+                    result.txid = txn.new_txid(now)
+                    owner = txn.owner_record(owner_of(os.getpid()))
+                    w.append(result.txid, "plan", {"steps": plan.steps, "owner": owner,
                                                    "zombie_action": ws.config.zombie_action, "sweep": 1}, now=now)
-                    skipped = _execute(ws, w, result.txid, now, progress)
+                    skipped = txn.execute_plan(w, result.txid, now, progress)
                     _mark_done(plan, skipped)
                 break
         else:
             n = sum(1 for s in plan.steps if s["op"] == "remove_row")
-            raise _locked_out(ws, who or "unknown user",
+            raise txn.locked_out(ws, who or "unknown user",
                               f"the sweep would remove {n} row(s), so it changed nothing")
     result.findings, result.rows, result.folders = plan.findings, plan.rows, plan.folders
     write_report(result, report_path)
@@ -937,4 +759,4 @@ def write_report(r: SweepResult, path: Path) -> None:
     fsops.atomic_write(path, render_report(r).encode("utf-8"))
 
 
-__all__ = ["sweep", "finish_plan", "classify", "SweepResult", "Finding", "KINDS", "read_identity", "render_report"]
+__all__ = ["sweep", "classify", "SweepResult", "Finding", "KINDS", "read_identity", "render_report"]

@@ -29,6 +29,21 @@ def key(name: str) -> str:
     return unicodedata.normalize("NFC", name).casefold()
 
 
+def header_key(text: object) -> str:
+    """A header name's comparison key: case-insensitive, ignoring spaces, ``_`` and ``-`` (SPEC §2).
+
+    ``Run ID``, ``run_id`` and ``RunID`` are one column; directive keys
+    (``Strategy``, ``RunID``) and the metadata keys that fill columns match
+    the same way.
+    """
+    if text is None:
+        return ""
+    s = str(text).strip().casefold()
+    for ch in (" ", "_", "-", "\t", "\n", "\r", "\u00a0"):
+        s = s.replace(ch, "")
+    return s
+
+
 def cell_text(value: object) -> str:
     """A sheet cell as the text it stands for: a numeric run id compares as its integer text."""
     if value is None:

@@ -24,21 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-from . import fsops, locks, wal
-from .errors import SheetLocked, SopError
-from .porcelain import (
-    PathArg,
-    TxInfo,
-    _finish_rollback,
-    _info,
-    _locked,
-    _now,
-    flush,
-    parse_duration,
-)
-from .workspace import Workspace, open_workspace
+from . import fsops, txn, wal
+from .errors import SheetLocked
+from .owner import pid_running
+from .states import DECIDED_STATES
+from .txn import Session, TxInfo
+from .when import parse_duration
+from .workspace import RootArg, Workspace, open_workspace
 
 
 @dataclass
@@ -58,6 +51,14 @@ class RecoverResult:
     live: list[TxInfo] = field(default_factory=list)
     waiting_for_sheet: str | None = None
 
+    @property
+    def error(self) -> SheetLocked | None:
+        """Rows still wait for a locked sheet: the run is unfinished (exit 3), though nothing failed."""
+        if self.waiting_for_sheet is None or self.dry_run:
+            return None
+        return SheetLocked(f"the Master Sheet is locked by {self.waiting_for_sheet}; decided rows still wait",
+                           locked_by=self.waiting_for_sheet)
+
 
 def _temp_files(folder: Path) -> list[Path]:
     try:
@@ -75,14 +76,13 @@ def _remove_temps(folder: Path, dry_run: bool, out: RecoverResult, rel: Callable
 
 def _remove_stale_hints(ws: Workspace, dry_run: bool, out: RecoverResult) -> None:
     """Remove the group-commit hints of commits whose process is gone."""
-    from .owner import pid_running
     try:
         hints = os.listdir(ws.pending_dir)
     except OSError:
         return
     for n in hints:
-        pid = n.rpartition(".")[2]
-        if pid.isdigit() and pid_running(int(pid)):
+        pid = txn.hint_pid(n)
+        if pid is not None and pid_running(pid):
             continue
         if not dry_run:
             fsops.remove_hint(ws.pending_dir / n)
@@ -95,10 +95,10 @@ def plan(ws: Workspace, j: wal.Loaded, *, now: datetime, older_than: timedelta,
     actions: list[Action] = []
     live: list[TxInfo] = []
     for tx in j.open_transactions():
-        info = _info(tx, now, older_than)
+        info = txn.info(tx, now, older_than)
         if tx.state == "aborting":
             actions.append(Action("finish rollback", tx.txid, tx.strategy, tx.run_id))
-        elif tx.state in wal.DECIDED_STATES:
+        elif tx.state in DECIDED_STATES:
             actions.append(Action("roll forward", tx.txid, tx.strategy, tx.run_id,
                                   detail="append the row unless a row with its run id is there"))
         elif tx.state == "planned":
@@ -111,16 +111,17 @@ def plan(ws: Workspace, j: wal.Loaded, *, now: datetime, older_than: timedelta,
     return actions, live
 
 
-def recover(*, root: PathArg = None, dry_run: bool = False, older_than: str | timedelta = "24h",
+def recover(*, root: RootArg = None, dry_run: bool = False, older_than: str | timedelta = "24h",
             force: bool = False, now: datetime | None = None, env: dict[str, str] | None = None,
             sleep: Callable[[float], None] = time.sleep) -> RecoverResult:
     """Finish or roll back abandoned transactions (SPEC §5 sop-recover)."""
-    now = _now(now)
-    ot = parse_duration(older_than) if isinstance(older_than, str) else older_than
+    now = txn.clock(now)
+    ot = parse_duration(older_than)
     ws = open_workspace(root, env)
+    session = Session(ws)
     out = RecoverResult(dry_run)
     rel = ws.rel
-    with _locked(ws) as w:
+    with session.locked() as w:
         if w.j.torn is not None:
             t = w.j.torn
             out.actions.append(Action("cut torn journal tail", done=not dry_run,
@@ -143,25 +144,24 @@ def recover(*, root: PathArg = None, dry_run: bool = False, older_than: str | ti
                 if tx.state != "aborting":
                     w.append(a.txid, "rollback", {"reason": f"recovered: {a.detail}", "delete": False}, now=now)
                     tx = w.states[a.txid]
-                res = _finish_rollback(ws, w, tx, now)
+                res = txn.finish_rollback(w, tx, now)
                 a.done = True
                 moved = ", ".join(f"{k} -> {v}" for k, v in res.moved.items())
                 a.detail = (a.detail + "; " if a.detail else "") + (f"quarantined {moved}" if moved else
                                                                      "nothing left to move")
         sweeps = [a for a in actions if a.action == "finish sweep"]
     for a in sweeps:
-        from .janitor import finish_plan
         try:
-            finish_plan(ws, a.txid, now=now, sleep=sleep)
+            txn.finish_plan(session, a.txid, now=now, sleep=sleep)
             a.done = True
         except SheetLocked as e:                   # its rows wait for the sheet; the rest still recovers
             a.detail = f"waiting: {e.message}"
             out.waiting_for_sheet = e.locked_by or "another user"
-    with locks.hold(ws.sheet_lock_path, ws.config.lock_timeout, "Master Sheet writer"):
+    with session.sheet_writer():
         _remove_temps(ws.sheet.parent, False, out, rel)
     forward = [a for a in actions if a.action == "roll forward"]
     if forward:
-        fr = flush(ws, now=now, sleep=sleep)
+        fr = txn.flush(session, now=now, sleep=sleep)
         for a in forward:
             st = fr.states.get(a.txid)
             a.done = st is not None and st.state == "committed"
@@ -172,9 +172,4 @@ def recover(*, root: PathArg = None, dry_run: bool = False, older_than: str | ti
     return out
 
 
-def as_json(r: RecoverResult) -> dict[str, Any]:
-    from dataclasses import asdict
-    return asdict(r)
-
-
-__all__ = ["recover", "plan", "RecoverResult", "Action", "SopError"]
+__all__ = ["recover", "plan", "RecoverResult", "Action"]

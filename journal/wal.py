@@ -119,6 +119,7 @@ import msgspec
 from . import fsops, names
 from .errors import JournalDamaged, WrongState
 from .owner import Owner, username
+from .states import OPEN_STATES, TRANSITIONS
 from .workspace import Workspace
 
 GENESIS = "0" * 64
@@ -126,28 +127,7 @@ SUM_SUFFIX = 74          # len(',"sum":"') + 64 + len('"}')
 SEGMENT_BYTES = int(os.environ.get("SOP_SEGMENT_BYTES", str(8 << 20)))
 SEGMENT_SUFFIX = ".jsonl"
 
-OPEN_STATES = ("begun", "committing", "deferred", "aborting", "planned")
-DECIDED_STATES = ("committing", "deferred")
-
-# type -> (states it may follow, state it leads to or None to keep)
-TRANSITIONS: dict[str, tuple[tuple[str, ...], str | None]] = {
-    "begin": (("",), "begun"),
-    "mkdir": (("begun",), None),
-    "decide": (("begun",), "committing"),
-    "defer": (("committing",), "deferred"),
-    "append": (("committing", "deferred"), None),
-    "committed": (("committing", "deferred", "committed"), "committed"),
-    "rollback": (("begun", "committing", "deferred", "aborting"), "aborting"),
-    "rename": (("aborting", "planned"), None),
-    "delete": (("aborting", "planned"), None),
-    "remove_row": (("planned",), None),
-    "aborted": (("aborting", "aborted"), "aborted"),
-    "plan": (("",), "planned"),
-    "done": (("planned",), "committed"),
-}
-
-
-class _Body(msgspec.Struct, frozen=True, kw_only=True):
+class Body(msgspec.Struct, frozen=True, kw_only=True):
     """A record without its ``sum``: the bytes that the sum covers."""
 
     seq: int
@@ -161,7 +141,7 @@ class _Body(msgspec.Struct, frozen=True, kw_only=True):
     data: dict[str, Any] = {}
 
 
-class Record(_Body, frozen=True, kw_only=True):
+class Record(Body, frozen=True, kw_only=True):
     """One journal line.  Fields only grow, new ones last with defaults."""
 
     sum: str = ""
@@ -222,7 +202,7 @@ def parse_time(s: str) -> datetime:
     return datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
-def encode_line(body: _Body) -> bytes:
+def encode_line(body: Body) -> bytes:
     """The bytes of one record's line, ``\\n`` included."""
     raw = _encode(body)
     digest = hashlib.sha256(raw).hexdigest()
@@ -322,6 +302,7 @@ class Loaded:
     states: dict[str, TxState] = field(default_factory=dict)   # open ones, plus any touched since the checkpoint
     torn: Torn | None = None
     checkpoint: Checkpoint | None = None
+    active_id: tuple[int, int] = (0, 0)                        # (device, inode) of the active segment
 
     def open_transactions(self) -> list[TxState]:
         return [t for t in self.states.values() if t.state in OPEN_STATES]
@@ -427,8 +408,53 @@ def load(ws: Workspace) -> Loaded:
         if torn:
             out.torn = torn
         out.active = p
-        out.active_bytes = torn.offset if torn else p.stat().st_size
+        st = p.stat()
+        out.active_bytes = torn.offset if torn else st.st_size
+        out.active_id = (st.st_dev, st.st_ino)
     return out
+
+
+def refresh(ws: Workspace, j: Loaded) -> Loaded:
+    """``j`` brought up to date with what other writers appended since it was loaded.
+
+    Called under the workspace lock, so that one command loads the journal
+    once and then reads only the bytes appended after the end it knows.
+    Anything but a plain append to the same active segment (a new segment,
+    a torn tail, a file replaced or shortened, damage) falls back to a full
+    :func:`load`, which also names any damage exactly.  Transactions that
+    the new records touch are copies: a state handed out before stays as it was.
+    """
+    if j.active is None or j.torn is not None:
+        return load(ws)
+    try:
+        st = j.active.stat()
+        newest = segment_files(ws.journal_dir)[-1]
+    except (OSError, IndexError):
+        return load(ws)
+    if newest != j.active or (st.st_dev, st.st_ino) != j.active_id or st.st_size < j.active_bytes:
+        return load(ws)
+    if st.st_size == j.active_bytes:
+        return j
+    with open(j.active, "rb") as f:
+        f.seek(j.active_bytes)
+        data = f.read()
+    states = dict(j.states)
+    touched: set[str] = set()
+
+    def on_record(rec: Record) -> None:
+        if rec.txid in states and rec.txid not in touched:
+            states[rec.txid] = msgspec.structs.replace(states[rec.txid])
+        touched.add(rec.txid)
+        apply(states, rec)
+    try:
+        seq, h, torn = read_segment(j.active, expect_seq=j.seq + 1, expect_hash=j.hash, newest=True,
+                                    on_record=on_record, data=data)
+    except JournalDamaged:
+        return load(ws)
+    if torn is not None:
+        return load(ws)
+    return Loaded(seq=seq, hash=h, active=j.active, active_bytes=j.active_bytes + len(data), states=states,
+                  checkpoint=j.checkpoint, active_id=j.active_id)
 
 
 def _segment_first(p: Path) -> int:
@@ -478,15 +504,11 @@ _decode_slim = msgspec.json.Decoder(_Slim).decode
 _decode_index = msgspec.json.Decoder(SegmentIndex).decode
 
 
-def _norm_header(k: str) -> str:
-    return k.casefold().replace(" ", "").replace("_", "").replace("-", "")
-
-
 def _collect_names(obj: Any, key: str, strategies: set[str], runs: set[str]) -> None:
     if isinstance(obj, dict):
         for k, v in obj.items():
             if k != "files":                     # a deleted folder's file list names files, not strategies
-                _collect_names(v, _norm_header(str(k)), strategies, runs)
+                _collect_names(v, names.header_key(k), strategies, runs)
     elif isinstance(obj, list):
         for v in obj:
             _collect_names(v, key, strategies, runs)
@@ -709,7 +731,7 @@ class Writer:
             cur = self.j.states.get(txid)
             raise WrongState(f"transaction {txid} is {cur.state if cur else 'unknown'}; "
                              f"cannot record {type_!r}") from None
-        body = _Body(seq=self.j.seq + 1, txid=txid, type=type_, time=fmt_time(now or utcnow()),
+        body = Body(seq=self.j.seq + 1, txid=txid, type=type_, time=fmt_time(now or utcnow()),
                      user=self.user, host=self.host, pid=os.getpid(), prev=self.j.hash, data=data)
         line = encode_line(body)
         if self.j.active is None or self.j.active_bytes >= SEGMENT_BYTES:
@@ -718,7 +740,11 @@ class Writer:
             fsops.mkdir(self.ws.journal_dir, exist_ok=True, parents=True)
             self.j.active = self.ws.journal_dir / f"{body.seq:016d}{SEGMENT_SUFFIX}"
             self.j.active_bytes = 0
+            self.j.active_id = (0, 0)
         fsops.append_durable(self.j.active, line)
+        if self.j.active_id == (0, 0):
+            st = self.j.active.stat()
+            self.j.active_id = (st.st_dev, st.st_ino)
         self.j.active_bytes += len(line)
         self.j.seq = body.seq
         self.j.hash = line_hash(line)

@@ -191,6 +191,9 @@ class Workspace:
             return str(path)
 
 
+RootArg = str | os.PathLike[str] | Workspace | None      # a workspace folder, or an open workspace
+
+
 def find_root(root: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
               cwd: str | os.PathLike[str] | None = None) -> Path:
     """The workspace root, as SPEC §1 says; :class:`NoWorkspace` when there is none."""
@@ -221,7 +224,14 @@ def load_config(root: Path) -> Config:
     return parse_config(text, ".sop/config.toml")
 
 
-def open_workspace(root: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Workspace:
-    """Find the root and load its config."""
+def open_workspace(root: RootArg = None, env: Mapping[str, str] | None = None) -> Workspace:
+    """Find the root and load its config; an open workspace is returned as it is.
+
+    Every API function takes ``root`` as a folder or an open workspace (as
+    dulwich's functions take a path or a repo), so one command opens its
+    workspace once and passes it down.
+    """
+    if isinstance(root, Workspace):
+        return root
     r = find_root(root, env)
     return Workspace(r, load_config(r))

@@ -150,7 +150,7 @@ def resum(line: bytes) -> bytes:
     """A line edited by someone who knows the format: its sum recomputed."""
     body = line.rstrip(b"\n")[:-wal.SUM_SUFFIX] + b"}"
     rec = msgspec_decode(body)
-    return wal.encode_line(wal._Body(**rec))
+    return wal.encode_line(wal.Body(**rec))
 
 
 def flip(line: bytes) -> bytes:
@@ -361,7 +361,7 @@ def test_sealed_segment_rewritten_with_a_valid_chain(hist: Hist) -> None:
             if i == 0 and rec["seq"] == 2:
                 rec["data"]["path"] = rec["data"]["path"].replace("Alpha", "Alphb")
             rec["prev"] = prev
-            new = wal.encode_line(wal._Body(**rec))
+            new = wal.encode_line(wal.Body(**rec))
             prev = wal.line_hash(new)
             out.append(new)
         hist.write_lines(seg, out)
@@ -381,7 +381,7 @@ def test_checkpoint_listing_wrong_open_transactions(hist: Hist) -> None:
 def test_record_against_the_state_machine(hist: Hist) -> None:
     gamma = hist.tx["gamma"]                       # begun, never decided
     j = hist.w.j
-    body = wal._Body(seq=j.seq + 1, txid=gamma, type="committed", time=wal.fmt_time(T0), user="ana", host="ws1",
+    body = wal.Body(seq=j.seq + 1, txid=gamma, type="committed", time=wal.fmt_time(T0), user="ana", host="ws1",
                      pid=1, prev=j.hash, data={"row_number": 9})
     seg = hist.segments()[-1]
     with open(seg, "ab") as f:
@@ -613,7 +613,6 @@ def test_strategy_life_through_the_cli(ws: WS) -> None:
     assert appended["data"]["row"]["strategy"] == "Alpha" and appended["data"]["row"]["sharpe"] == 1.5
     assert [t["txid"] for t in ws.json("log", "--state", "open")["transactions"]] == [third["txid"]]
     assert ws.json("fsck")["ok"] is True
-    pytest.importorskip("journal.sweep_cli")
     shutil.rmtree(ws.root / "runs" / second["run_id"])                     # Alpha's row is orphaned now
     ws.sop("sweep", "--fix")
     life = ws.json("log", "--strategy", "ALPHA")["transactions"]

@@ -482,7 +482,7 @@ def test_the_index_cached_after_a_commit_matches_a_fresh_read(ws: WS) -> None:
     w = workspace.open_workspace(ws.root)
     cached = sheet.read(w)
     assert cached.stamp and cached._rows is None          # served from the cache written by the commit
-    fresh = sheet._read(w, w.sheet, False)
+    fresh = sheet.read(w, cache=False)
     assert (cached.numbers, cached.strategies, cached.run_ids) == (fresh.numbers, fresh.strategies, fresh.run_ids)
     assert cached.strategies == ["Alpha", "Beta", "Gamma"]
 
@@ -529,7 +529,7 @@ def test_a_deferred_commit_retried_on_a_still_locked_sheet_stays_deferred(ws: WS
 
 
 def test_the_sheet_writer_waits_for_commits_about_to_decide(ws: WS) -> None:
-    from journal import porcelain, workspace
+    from journal import txn, workspace
     w = workspace.open_workspace(ws.root)
     w.pending_dir.mkdir(exist_ok=True)
     hint = w.pending_dir / f"tx-live.{os.getpid()}"
@@ -540,12 +540,12 @@ def test_the_sheet_writer_waits_for_commits_about_to_decide(ws: WS) -> None:
         calls.append(s)
         if len(calls) == 3:
             hint.unlink()                       # that commit has decided
-    porcelain._gather(w, sleep)
+    txn.gather(w, sleep)
     assert len(calls) == 3
     stale = w.pending_dir / "tx-dead.999999999"
     stale.write_bytes(b"")                      # a commit that crashed before deciding
     calls.clear()
-    porcelain._gather(w, sleep)
+    txn.gather(w, sleep)
     assert calls == []
     doc = ws.json("recover")
     assert any(a["action"] == "remove stale commit hint" for a in doc["actions"]) and not stale.exists()

@@ -64,7 +64,7 @@ def test_writer_writes_the_documented_bytes(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_encode_line_is_the_documented_bytes() -> None:
-    body = wal._Body(seq=1, txid=TXID, type="begin", time="2026-03-01T12:00:00.123456Z", user="ana", host="ws1",
+    body = wal.Body(seq=1, txid=TXID, type="begin", time="2026-03-01T12:00:00.123456Z", user="ana", host="ws1",
                      pid=5120, prev=wal.GENESIS, data=BEGIN_DATA)
     assert wal.encode_line(body) == LINE1
 

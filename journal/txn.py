@@ -1,0 +1,504 @@
+"""The transaction layer: what every task module does to a transaction.
+
+The task modules (:mod:`journal.porcelain`, :mod:`journal.recovery`,
+:mod:`journal.janitor`, :mod:`journal.audit`) call down into this module and
+never into each other's privates; this module calls only plumbing.  Like
+Mercurial's ``transaction.py``, the one undo routine lives here, and both
+``sop-abort`` and ``sop-recover`` run it.
+
+* :class:`Session` — one command's handle on a workspace: the journal is
+  loaded once and, each time the workspace lock is taken again, brought up to
+  date by reading only what other writers appended (:func:`journal.wal.refresh`).
+* Locks, in this order when both are held: the sheet writer's lock
+  (``.sop/sheet.lock``), then the workspace lock (``.sop/lock``).
+* Group commit (:func:`flush`): whoever holds the sheet writer's lock writes
+  every decided row that is waiting, in one rewrite; a commit on its way to a
+  decision leaves a hint in ``.sop/pending/`` (:func:`announce`) so that the
+  writer waits a moment for it (:func:`gather`).
+* Rollback (:func:`rollback`, :func:`finish_rollback`): record the decision,
+  then quarantine (or delete) the run's folders, each step announced first
+  and looked at before acting.
+* The redo of a sweep plan (:func:`execute_plan`, :func:`finish_plan`).
+* Liveness of a transaction's owner, as ``sop-status`` and recovery see it
+  (:func:`info`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from . import fsops, locks, names, sheet, wal
+from .errors import NoSuchTransaction, Refused, SheetLocked, WrongState
+from .owner import Owner, is_abandoned, liveness, pid_running
+from .states import DECIDED_STATES
+from .workspace import Workspace
+
+Progress = Callable[[str, int, int], None]      # (phase, done, total)
+GATHER_SECONDS = 1.0      # the longest a sheet writer waits for commits that are about to decide
+
+
+def clock(now: datetime | None) -> datetime:
+    """``now`` when a caller (a test) gave one, else the current UTC time."""
+    return now if now is not None else wal.utcnow()
+
+
+def new_txid(now: datetime) -> str:
+    return f"tx-{names.stamp(now)}-{os.urandom(3).hex()}"
+
+
+def owner_record(o: Owner) -> dict[str, Any]:
+    """An owner as the journal's ``begin`` and ``plan`` records hold it."""
+    return {"host": o.host, "pid": o.pid, "start": o.start, "boot": o.boot, "user": o.user}
+
+
+def describe(tx: wal.TxState) -> str:
+    """A transaction as refusals name it: id, state, owner and since when."""
+    who = f"pid {tx.owner.pid} on {tx.owner.host}" if tx.owner else "unknown owner"
+    return f"transaction {tx.txid} ({tx.state}, owner {who}, since {tx.begun_at})"
+
+
+# ---------------------------------------------------------------- the handle
+
+class Session:
+    """One command's handle on a workspace's transactions.
+
+    The journal is loaded the first time the workspace lock is taken and
+    refreshed incrementally each later time, so a command replays the
+    history once however often it takes the lock.
+    """
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self._j: wal.Loaded | None = None
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[wal.Writer]:
+        """Hold the workspace lock and give a journal writer over its current tail."""
+        with locks.hold(self.ws.lock_path, self.ws.config.lock_timeout):
+            j = wal.load(self.ws) if self._j is None else wal.refresh(self.ws, self._j)
+            self._j = None                  # an error half-way: the next look loads afresh
+            w = wal.Writer(self.ws, j)
+            yield w
+            self._j = w.j
+
+    def sheet_writer(self) -> contextlib.AbstractContextManager[None]:
+        """The sheet writer's lock: one process rewrites the Master Sheet at a time."""
+        return locks.hold(self.ws.sheet_lock_path, self.ws.config.lock_timeout, "Master Sheet writer")
+
+    def get(self, w: wal.Writer, txid: str) -> wal.TxState:
+        """A run's state as the journal says now; NoSuchTransaction (exit 4) when there is none."""
+        tx = wal.find_transaction(self.ws, txid, w.j)
+        if tx is None or tx.kind != "run":
+            raise NoSuchTransaction(f"no such transaction: {txid}",
+                                    detail="Action: 'sop-status' lists the open ones, 'sop-log' all of them.")
+        return tx
+
+    def current(self, txid: str) -> wal.TxState:
+        """A run's state as the journal says now (read under the workspace lock)."""
+        with self.locked() as w:
+            return self.get(w, txid)
+
+    def state_of(self, txid: str) -> str:
+        """A run's state, or ``"unknown"``."""
+        try:
+            return self.current(txid).state
+        except NoSuchTransaction:
+            return "unknown"
+
+
+def attempts(ws: Workspace, sleep: Callable[[float], None], n: int | None = None) -> Iterator[int]:
+    """``[lock].retries`` attempts (or ``n``), with doubling backoff between them."""
+    for attempt in range(n or ws.config.retries):
+        if attempt:
+            sleep(ws.config.backoff * (2 ** (attempt - 1)))
+        yield attempt
+
+
+def locked_out(ws: Workspace, who: str, what: str) -> SheetLocked:
+    """The error of a sheet that a person held through every attempt."""
+    return SheetLocked(f"the Master Sheet is locked by {who}: {what}",
+                       locked_by=who,
+                       detail=f"It stayed locked through {ws.config.retries} attempt(s). Close it in Excel or "
+                              "LibreOffice and run the command again.")
+
+
+# ---------------------------------------------------------------- liveness
+
+@dataclass
+class TxInfo:
+    txid: str
+    strategy: str
+    run_id: str
+    state: str
+    owner: dict[str, Any] | None
+    abandoned: bool
+    alive: bool | None
+    liveness: str
+    begun_at: str
+
+
+def info(tx: wal.TxState, now: datetime, older_than: timedelta) -> TxInfo:
+    """An open transaction with its owner's liveness and whether it is abandoned (SPEC §4)."""
+    owner = tx.owner
+    if owner is None:
+        alive, why, abandoned = None, "no owner recorded", True
+    else:
+        lv = liveness(owner)
+        alive, why = lv.alive, lv.why
+        abandoned = is_abandoned(owner, wal.parse_time(tx.begun_at), now, older_than)
+    return TxInfo(tx.txid, tx.strategy, tx.run_id, tx.state,
+                  owner_record(owner) if owner else None, abandoned, alive, why, tx.begun_at)
+
+
+# ---------------------------------------------------------------- group commit
+
+def hint_pid(name: str) -> int | None:
+    """The pid in a hint's name ``<txid>.<pid>``, or None."""
+    pid = name.rpartition(".")[2]
+    return int(pid) if pid.isdigit() else None
+
+
+def announce(ws: Workspace, txid: str) -> Path | None:
+    """Say that a commit is on its way to a decision, so a writer may wait for its row."""
+    try:
+        if not ws.pending_dir.is_dir():
+            fsops.mkdir(ws.pending_dir, exist_ok=True)
+        path = ws.pending_dir / f"{txid}.{os.getpid()}"
+        fsops.write_hint(path)
+        return path
+    except OSError:
+        return None                                # a missing hint costs only a second rewrite
+
+
+def gather(ws: Workspace, sleep: Callable[[float], None]) -> None:
+    """Wait briefly while other commits are between their start and their decision.
+
+    Group commit: their rows then go into this rewrite instead of the next
+    one.  A hint whose process is gone is ignored (and removed by recovery).
+    """
+    deadline = time.monotonic() + GATHER_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            hints = os.listdir(ws.pending_dir)
+        except OSError:
+            return
+        pids = [hint_pid(n) for n in hints]
+        if not any(p is not None and pid_running(p) for p in pids):
+            return
+        sleep(0.02)
+
+
+@dataclass
+class FlushResult:
+    states: dict[str, wal.TxState]
+    committed: list[str]
+    locked_by: str | None
+    blocked: dict[str, str] = field(default_factory=dict)   # txid -> why its row cannot be stored now
+
+
+def flush(session: Session, *, want: str | None = None, now: datetime | None = None,
+          sleep: Callable[[float], None] = time.sleep, tries: int | None = None) -> FlushResult:
+    """Write every decided row that is waiting, in one rewrite of the sheet (group commit).
+
+    Tries ``[lock].retries`` times while a person holds the sheet open, with
+    doubling backoff.  Returns with ``locked_by`` set when it stayed locked.
+    """
+    ws = session.ws
+    now = clock(now)
+    committed: list[str] = []
+    locked_by: str | None = None
+    states: dict[str, wal.TxState] = {}
+    for _ in attempts(ws, sleep, tries):
+        with session.sheet_writer():
+            gather(ws, sleep)
+            with session.locked() as w:
+                mine = w.states.get(want) if want is not None else None
+                if mine is not None and mine.state == "committed":
+                    return FlushResult(w.states, committed, None)
+                waiting = [t for t in w.j.open_transactions() if t.state in DECIDED_STATES]
+                if not waiting:
+                    return FlushResult(w.states, committed, None)
+                view = sheet.read(ws)
+                todo: list[wal.TxState] = []
+                blocked: dict[str, str] = {}
+                for t in waiting:
+                    present = view.run_rows(t.run_id)
+                    if present:                         # redo: the row is already there
+                        w.append(t.txid, "committed", {"row_number": present[0].number}, now=now)
+                        committed.append(t.txid)
+                        continue
+                    try:                                # a column added since its gate may not take a value:
+                        sheet.check_row(view, t.row or {})   # that row waits; it never blocks the others
+                    except Refused as e:
+                        blocked[t.txid] = e.message
+                        continue
+                    todo.append(t)
+                states = w.states
+                if not todo:
+                    return FlushResult(states, committed, None, blocked)
+                locked_by = locks.sheet_locked_by(ws.sheet)
+                if locked_by is not None:
+                    continue
+                for t in todo:
+                    w.append(t.txid, "append", {"row": t.row, "sheet": ws.rel(ws.sheet)}, now=now)
+            if todo:
+                try:
+                    numbers = sheet.append(ws, [t.row or {} for t in todo], view)
+                except PermissionError as e:
+                    locked_by = f"another program ({e.strerror})"
+                    continue
+                with session.locked() as w:
+                    for t, n in zip(todo, numbers, strict=True):
+                        w.append(t.txid, "committed", {"row_number": n}, now=now)
+                        committed.append(t.txid)
+                    states = w.states
+            return FlushResult(states, committed, None, blocked)
+    return FlushResult(states, committed, locked_by)
+
+
+# ---------------------------------------------------------------- rollback
+
+@dataclass
+class AbortResult:
+    txid: str
+    strategy: str
+    run_id: str
+    state: str
+    moved: dict[str, str] = field(default_factory=dict)
+    deleted: list[str] = field(default_factory=list)
+    already: bool = False
+
+
+def quarantine_name(path: Path, now: datetime) -> Path:
+    """``NAME_FAILED_<ts>`` beside ``path``; a name already taken gets ``-2``, ``-3``, … (SPEC §4)."""
+    base = f"{path.name}_FAILED_{names.stamp(now)}"
+    cand = path.with_name(base)
+    n = 2
+    while os.path.lexists(cand):
+        cand = path.with_name(f"{base}-{n}")
+        n += 1
+    return cand
+
+
+def rollback(session: Session, txid: str, *, reason: str, delete: bool,
+             now: datetime | None = None) -> AbortResult:
+    """Record the rollback decision, then quarantine (or delete) the run's folders; idempotent."""
+    ws = session.ws
+    now = clock(now)
+    with session.locked() as w:
+        decided = session.get(w, txid).state in DECIDED_STATES
+    # A decided row may already be on the sheet (a writer crashed before recording it, or
+    # another process is writing it now): look, holding the sheet writer's lock, before deciding.
+    sheet_lock = session.sheet_writer() if decided else contextlib.nullcontext()
+    with sheet_lock, session.locked() as w:
+        tx = session.get(w, txid)
+        if tx.state == "aborted":
+            return AbortResult(txid, tx.strategy, tx.run_id, "aborted", already=True)
+        if tx.state in DECIDED_STATES:
+            if not decided:
+                raise WrongState(f"transaction {txid} was decided meanwhile; try again")
+            present = sheet.read(ws).run_rows(tx.run_id)
+            if present:
+                w.append(txid, "committed", {"row_number": present[0].number}, now=now)
+                tx = w.states[txid]
+        if tx.state == "committed":
+            raise WrongState(f"transaction {txid} is committed (row {tx.row_number or '?'} of the Master Sheet); "
+                             "it cannot be rolled back",
+                             detail="Action: remove its row from the Master Sheet and run 'sop-sweep --fix'.")
+        if tx.state != "aborting":
+            w.append(txid, "rollback", {"reason": reason, "delete": delete}, now=now)
+            tx = w.states[txid]
+        return finish_rollback(w, tx, now)
+
+
+def finish_rollback(w: wal.Writer, tx: wal.TxState, now: datetime) -> AbortResult:
+    """Move or delete what is still there; each step announced first, each looked at before acting.
+
+    The caller holds the workspace lock (``w``) and the rollback decision is on record.
+    """
+    ws = w.ws
+    res = AbortResult(tx.txid, tx.strategy, tx.run_id, "aborted")
+    for d in (ws.strategy_dir(tx.strategy), ws.run_dir(tx.run_id)):
+        src = ws.rel(d)
+        if not os.path.lexists(d):
+            if src in tx.renames:
+                res.moved[src] = tx.renames[src]
+            continue
+        if d.is_symlink() or not d.is_dir():
+            continue                                       # never follow or remove what is not our folder
+        if tx.delete:
+            w.append(tx.txid, "delete", {"path": src, "files": fsops.file_list(d)}, now=now)
+            fsops.rmtree(d)
+            res.deleted.append(src)
+        else:
+            announced = tx.renames.get(src)
+            dst = ws.root / announced if announced and not os.path.lexists(ws.root / announced) \
+                else quarantine_name(d, now)
+            w.append(tx.txid, "rename", {"src": src, "dst": ws.rel(dst)}, now=now)
+            fsops.rename(d, dst)
+            res.moved[src] = ws.rel(dst)
+    w.append(tx.txid, "aborted", {}, now=now)
+    return res
+
+
+# ---------------------------------------------------------------- a sweep's plan
+
+ZOMBIE_KINDS = ("zombie_folder", "zombie_run")
+
+
+def safe_target(ws: Workspace, rel: str) -> Path | None:
+    """``backtests/NAME`` or ``runs/NAME`` as a path, or None for anything else (a tampered plan)."""
+    top, _, name = rel.rpartition("/")
+    if top not in (ws.rel(ws.backtests), ws.rel(ws.runs)) or name in ("", ".", "..") or "\\" in name:
+        return None
+    parent = ws.root / top
+    if os.path.islink(parent):
+        return None
+    return parent / name
+
+
+def present_keys(view: sheet.SheetView) -> tuple[set[str], set[str]]:
+    """The name keys of the strategies and run ids on the sheet."""
+    skeys, rkeys = view.keylists()
+    return set(skeys) - {""}, set(rkeys) - {""}
+
+
+def match_row(view: sheet.SheetView, step: dict[str, Any]) -> sheet.SheetRow | None:
+    """The row a remove_row step means: same strategy and run id; the recorded number wins a tie."""
+    cands = [r for r in view.strategy_rows(step["strategy"]) if names.key(r.run_id) == names.key(step["run_id"])]
+    for r in cands:
+        if r.number == step.get("row_number"):
+            return r
+    return cands[0] if cands else None
+
+
+def row_values(view: sheet.SheetView, r: sheet.SheetRow) -> dict[str, Any]:
+    """A row's values by header (a column without one by its letters), as a remove_row record keeps them."""
+    from .xlsx import col_letters
+    return {view.headers.get(c) or col_letters(c): v for c, v in sorted(r.values.items())}
+
+
+def execute_plan(w: wal.Writer, txid: str, now: datetime, progress: Progress | None = None) -> dict[int, str]:
+    """Do what a sweep's plan still needs, each step announced first; returns ``{step: why skipped}``.
+
+    The caller holds the sheet-writer lock and the workspace lock, and has
+    checked that no person holds the sheet when rows are to go.
+    """
+    ws = w.ws
+    tick = progress or (lambda phase, done, total: None)
+    tx = w.states[txid]
+    steps = list(tx.plan)
+    skipped: dict[int, str] = {}
+    row_steps = [(i, s) for i, s in enumerate(steps) if s.get("op") == "remove_row"]
+    announced_ren = dict(tx.renames)          # a redo renames to the destination already on record, if free
+    done_before = set(tx.deleted) | set(announced_ren)
+    present: tuple[set[str], set[str]] | None = None
+    if row_steps:
+        full = sheet.read(ws, all_columns=True)
+        numbers: list[int] = []
+        for i, s in row_steps:
+            r = match_row(full, s)
+            if r is None:
+                skipped[i] = "the row is no longer on the sheet"
+                continue
+            w.append(txid, "remove_row", {"step": i, "row_number": r.number, "strategy": r.strategy,
+                                          "run_id": r.run_id, "values": row_values(full, r)}, now=now)
+            numbers.append(r.number)
+        if numbers:
+            tick("removing rows", 0, len(numbers))
+            try:
+                sheet.remove(ws, sorted(set(numbers)))
+            except PermissionError as e:
+                raise SheetLocked(f"the Master Sheet could not be written ({e.strerror}); the sweep is unfinished",
+                                  detail=f"Close the sheet, then run 'sop-recover' to finish sweep {txid}.") from None
+            gone = set(numbers)
+            present = present_keys(sheet.SheetView(full.path, full.worksheet, full.header_row, full.headers,
+                                                   full.columns, [r for r in full.rows if r.number not in gone]))
+        else:
+            present = present_keys(full)
+    folder_steps = [(i, s) for i, s in enumerate(steps) if s.get("op") in ("delete", "rename")]
+    if folder_steps and present is None:
+        present = present_keys(sheet.read(ws))
+    held: set[tuple[str, str]] = set()
+    for t in w.j.open_transactions():
+        if t.kind == "run":
+            held |= {(ws.rel(ws.backtests), names.key(t.strategy)), (ws.rel(ws.runs), names.key(t.run_id))}
+    for n, (i, s) in enumerate(folder_steps):
+        if not n % 256:
+            tick("cleaning folders", n, len(folder_steps))
+        rel = s["path"] if s["op"] == "delete" else s["src"]
+        target = safe_target(ws, rel)
+        if target is None:
+            skipped[i] = f"{rel} is not a folder directly under backtests/ or runs/"
+            continue
+        if not os.path.lexists(target):
+            skipped[i] = "already gone" if rel in done_before else "not there"
+            continue
+        if target.is_symlink() or not target.is_dir():
+            skipped[i] = "no longer a real folder"
+            continue
+        top, _, name = rel.rpartition("/")
+        if s.get("finding") in ZOMBIE_KINDS:
+            assert present is not None
+            keys = present[0] if top == ws.rel(ws.backtests) else present[1]
+            if names.key(name) in keys:
+                skipped[i] = "a row indexes it now"
+                continue
+            if (top, names.key(name)) in held:
+                skipped[i] = "an open transaction holds it now"
+                continue
+        # Announced every time it is about to happen: after a crash the folder may not be the one announced.
+        if s["op"] == "delete":
+            w.append(txid, "delete", {"step": i, "path": rel, "files": fsops.file_list(target),
+                                      "finding": s.get("finding", "")}, now=now)
+            fsops.rmtree(target)
+        else:
+            dst_rel = announced_ren.get(rel) or s["dst"]
+            dst = safe_target(ws, dst_rel)
+            if dst is None or os.path.lexists(dst):
+                dst = quarantine_name(target, now)
+                dst_rel = ws.rel(dst)
+            w.append(txid, "rename", {"step": i, "src": rel, "dst": dst_rel, "finding": s.get("finding", "")},
+                     now=now)
+            fsops.rename(target, dst)
+    w.append(txid, "done", {"steps": len(steps), "skipped": {str(k): v for k, v in skipped.items()}}, now=now)
+    return skipped
+
+
+def rows_pending(ws: Workspace, steps: Iterable[dict[str, Any]]) -> bool:
+    """Whether any remove_row step of a plan still has its row on the sheet."""
+    rows = [s for s in steps if s.get("op") == "remove_row"]
+    if not rows:
+        return False
+    view = sheet.read(ws)
+    return any(match_row(view, s) is not None for s in rows)
+
+
+def finish_plan(session: Session, txid: str, *, now: datetime,
+                sleep: Callable[[float], None] = time.sleep) -> None:
+    """Finish a sweep left ``planned`` by a crash (called by ``sop-recover``); idempotent.
+
+    Raises SheetLocked (exit 3) when rows are still to go and a person holds
+    the sheet through every attempt; the sweep then stays planned.
+    """
+    ws = session.ws
+    who: str | None = None
+    for _ in attempts(ws, sleep):
+        with session.sheet_writer(), session.locked() as w:
+            tx = wal.find_transaction(ws, txid, w.j)
+            if tx is None or tx.kind != "sweep" or tx.state != "planned":
+                return
+            w.states[txid] = tx
+            who = locks.sheet_locked_by(ws.sheet)
+            if who is not None and rows_pending(ws, tx.plan):
+                continue
+            execute_plan(w, txid, now)
+            return
+    raise locked_out(ws, who or "unknown user", f"sweep {txid} still has rows to remove")
