@@ -124,13 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except (EngineFailed, OSError, ValueError) as e:                  # 3. rolled back: quarantined
         print(f"backtest failed: {e}", file=sys.stderr)
-        if tx is not None:
-            sdir = Path(tx.strategy_dir)
-            kept = sorted(p.name for p in sdir.parent.glob(f"{sdir.name}_FAILED_*"))
-            print(f"sop rolled the run back; what it wrote is quarantined in backtests/{kept[-1] if kept else '?'}/",
-                  file=sys.stderr)
+        if tx is not None and tx.aborted is not None:                 # the handle says where the folders went
+            for src, dst in tx.aborted.moved.items():
+                print(f"sop rolled the run back; what it wrote in {src}/ is quarantined in {dst}/", file=sys.stderr)
         return 1
-    print(f"indexed {summary(tx.strategy, tx.run_id, m)}")
+    row = tx.committed.row if tx.committed else "?"
+    print(f"indexed {summary(tx.strategy, tx.run_id, m)} as row {row}")
     return 0
 
 
