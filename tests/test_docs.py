@@ -1,7 +1,7 @@
 """The manual tells the truth about the code (STYLE §10, after sqlite-utils' tests/test_docs.py).
 
 Every command has a page in git's shape whose OPTIONS section names every
-option its ``--help`` shows; sop-config(5) names every
+option its ``--help`` shows and no option it lacks; sop-config(5) names every
 key with its default; every page listed for installation exists; the plain-text
 pages in journal/help/ are groff's rendering of man/ as it is now; ``sop help``
 prints a page, through man(1) or without it; the README's two commands are the
@@ -82,9 +82,22 @@ def names_option(text: str, opt: str) -> bool:
     return re.search(r"(?<![\w-])" + re.escape(opt) + r"(?![\w-])", text) is not None
 
 
+OPTION = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
+
+
+def named_options(text: str) -> set[str]:
+    """Every option string (-q, --root) a piece of page text names."""
+    return {o for o in OPTION.findall(text) if len(o) == 2 or o.startswith("--")}
+
+
+def help_context(name: str, cmd: click.Command) -> click.Context:
+    """The context click makes for the command, with its settings (help_option_names: -h, --help)."""
+    return click.Context(cmd, info_name=f"sop-{name}", **(cmd.context_settings or {}))
+
+
 def options_of(name: str, cmd: click.Command) -> list[str]:
-    """Every option string ``sop-<name> --help`` shows, help and version included."""
-    ctx = click.Context(cmd, info_name=f"sop-{name}")
+    """Every option string ``sop-<name> --help`` shows, help (-h and --help) and version included."""
+    ctx = help_context(name, cmd)
     opts: list[str] = []
     for p in cmd.get_params(ctx):
         if isinstance(p, click.Option):
@@ -114,16 +127,54 @@ def test_page_names_every_option_in_its_options_section(name: str) -> None:
         pytest.fail(f"man/sop-{name}.1 is missing")
     options = sections(rendered(page)).get("OPTIONS", "")
     opts = options_of(name, cmd)
-    assert "--help" in opts and "--root" in opts       # the helper sees what --help shows
+    assert {"-h", "--help", "--root"} <= set(opts)     # the helper sees what --help shows
     missing = [o for o in opts if not names_option(options, o)]
     assert not missing, f"man/sop-{name}.1 OPTIONS does not name {missing}"
+
+
+@pytest.mark.parametrize("name", ALL_COMMANDS)
+def test_page_options_section_names_no_option_the_command_lacks(name: str) -> None:
+    """The other way round: a stale page that still lists a removed or renamed option fails."""
+    cmd = command(name)
+    options = sections(rendered(MAN / f"sop-{name}.1")).get("OPTIONS", "")
+    stale = sorted(named_options(options) - set(options_of(name, cmd)))
+    assert not stale, f"man/sop-{name}.1 OPTIONS names {stale}, which sop-{name} does not take"
+
+
+def common_options() -> set[str]:
+    """The options every command takes (-C/--root, --json, -q/--quiet, --version, -h/--help)."""
+    return set.intersection(*(set(options_of(n, c)) for n, c in cli.COMMANDS.items()))
+
+
+@pytest.mark.parametrize("page", ["sop.1", "sop-journal.5"])
+def test_pages_name_only_real_common_options(page: str) -> None:
+    """sop(1) lists the group's options and those every command takes; sop-journal(5) the latter."""
+    options = sections(rendered(MAN / page))["OPTIONS"]
+    real = common_options() | (set(options_of("", cli.sop)) if page == "sop.1" else set())
+    assert common_options() >= {"-C", "--root", "--json", "-q", "--quiet", "--version", "-h", "--help"}
+    stale = sorted(named_options(options) - real)
+    assert not stale, f"man/{page} OPTIONS names {stale}, which not every command takes"
+
+
+USE = re.compile(r"\bsop[- ](" + "|".join(ALL_COMMANDS) + r")((?:\s+--?[A-Za-z][\w-]*(?:\s+[A-Z_]+\b)?)+)")
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: p.name)
+def test_every_command_line_in_a_page_uses_real_options(page: Path) -> None:
+    """'sop-sweep --fix', 'sop recover --dry-run' anywhere in any page: the option exists."""
+    wrong = []
+    for m in USE.finditer(rendered(page)):
+        if m.group(1) in cli.COMMANDS:
+            wrong += [f"sop-{m.group(1)} {o}" for o in sorted(named_options(m.group(2)))
+                      if o not in options_of(m.group(1), cli.COMMANDS[m.group(1)])]
+    assert not wrong, f"{page.name} uses options that do not exist: {wrong}"
 
 
 @pytest.mark.parametrize("name", ALL_COMMANDS)
 def test_help_output_options_are_the_params(name: str) -> None:
     """The params we check are exactly the options --help prints (none hidden, none extra)."""
     cmd = command(name)
-    text = cmd.get_help(click.Context(cmd, info_name=f"sop-{name}"))
+    text = cmd.get_help(help_context(name, cmd))
     shown = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", text.split("Options:", 1)[1]))
     assert set(options_of(name, cmd)) <= shown
 
