@@ -1,28 +1,38 @@
 """The manual tells the truth about the code (STYLE §10, after sqlite-utils' tests/test_docs.py).
 
-Every command has a page in git's shape that names every option its
-``--help`` shows; sop-config(5) names every key with its default; every page
-listed for installation exists; ``sop help`` prints a page; the README's two
-commands are the ones CI runs.
+Every command has a page in git's shape whose OPTIONS section names every
+option its ``--help`` shows and no option it lacks; sop-config(5) names every
+key with its default; every page listed for installation exists; the plain-text
+pages in journal/help/ are groff's rendering of man/ as it is now; ``sop help``
+prints a page, through man(1) or without it; the README's two commands are the
+ones CI runs.
+
+The checks read a page as text from journal/help/ (which
+test_help_text_is_the_groff_rendering_of_the_page keeps equal to groff's
+output), so they see what a reader sees.
 """
 
 from __future__ import annotations
 
 import configparser
+import importlib.util
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import click
 import pytest
 from conftest import BIN, ROOT, scrubbed_env
 
-from journal import cli, manpages
+from journal import cli
 from journal.workspace import CONFIG_TEMPLATE, DEFAULTS, parse_config
 
 MAN = ROOT / "man"
+HELP = ROOT / "journal" / "help"
 ALL_COMMANDS = ["init", "begin", "commit", "abort", "run", "recover", "sweep", "status", "log", "fsck"]
 SHAPE = ["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "OUTPUT", "EXIT STATUS", "FILES", "EXAMPLES", "SEE ALSO"]
 README_MAIN = "python3 -m pip install . && python3 examples/demo.py"
@@ -33,8 +43,26 @@ def pages() -> list[Path]:
     return sorted(p for p in MAN.iterdir() if p.suffix in (".1", ".5"))
 
 
+def _render_man() -> ModuleType:
+    """tools/render_man.py, which makes journal/help/ from man/ (a build tool, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("render_man", ROOT / "tools" / "render_man.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+render_man = _render_man()
+needs_groff = pytest.mark.skipif(shutil.which("groff") is None,
+                                 reason="groff is not installed: cannot render man/ to compare with journal/help/")
+
+
 def rendered(page: Path) -> str:
-    return manpages.render_text(page.read_text(encoding="utf-8"), width=100)
+    """A page as plain text: its build-time rendering in journal/help/."""
+    text = HELP / f"{page.stem}.txt"
+    if not text.is_file():
+        pytest.fail(f"{text.relative_to(ROOT)} is missing: run python3 tools/render_man.py")
+    return text.read_text(encoding="utf-8")
 
 
 def sections(text: str) -> dict[str, str]:
@@ -54,9 +82,22 @@ def names_option(text: str, opt: str) -> bool:
     return re.search(r"(?<![\w-])" + re.escape(opt) + r"(?![\w-])", text) is not None
 
 
+OPTION = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
+
+
+def named_options(text: str) -> set[str]:
+    """Every option string (-q, --root) a piece of page text names."""
+    return {o for o in OPTION.findall(text) if len(o) == 2 or o.startswith("--")}
+
+
+def help_context(name: str, cmd: click.Command) -> click.Context:
+    """The context click makes for the command, with its settings (help_option_names: -h, --help)."""
+    return click.Context(cmd, info_name=f"sop-{name}", **(cmd.context_settings or {}))
+
+
 def options_of(name: str, cmd: click.Command) -> list[str]:
-    """Every option string ``sop-<name> --help`` shows, help and version included."""
-    ctx = click.Context(cmd, info_name=f"sop-{name}")
+    """Every option string ``sop-<name> --help`` shows, help (-h and --help) and version included."""
+    ctx = help_context(name, cmd)
     opts: list[str] = []
     for p in cmd.get_params(ctx):
         if isinstance(p, click.Option):
@@ -86,16 +127,54 @@ def test_page_names_every_option_in_its_options_section(name: str) -> None:
         pytest.fail(f"man/sop-{name}.1 is missing")
     options = sections(rendered(page)).get("OPTIONS", "")
     opts = options_of(name, cmd)
-    assert "--help" in opts and "--root" in opts       # the helper sees what --help shows
+    assert {"-h", "--help", "--root"} <= set(opts)     # the helper sees what --help shows
     missing = [o for o in opts if not names_option(options, o)]
     assert not missing, f"man/sop-{name}.1 OPTIONS does not name {missing}"
+
+
+@pytest.mark.parametrize("name", ALL_COMMANDS)
+def test_page_options_section_names_no_option_the_command_lacks(name: str) -> None:
+    """The other way round: a stale page that still lists a removed or renamed option fails."""
+    cmd = command(name)
+    options = sections(rendered(MAN / f"sop-{name}.1")).get("OPTIONS", "")
+    stale = sorted(named_options(options) - set(options_of(name, cmd)))
+    assert not stale, f"man/sop-{name}.1 OPTIONS names {stale}, which sop-{name} does not take"
+
+
+def common_options() -> set[str]:
+    """The options every command takes (-C/--root, --json, -q/--quiet, --version, -h/--help)."""
+    return set.intersection(*(set(options_of(n, c)) for n, c in cli.COMMANDS.items()))
+
+
+@pytest.mark.parametrize("page", ["sop.1", "sop-journal.5"])
+def test_pages_name_only_real_common_options(page: str) -> None:
+    """sop(1) lists the group's options and those every command takes; sop-journal(5) the latter."""
+    options = sections(rendered(MAN / page))["OPTIONS"]
+    real = common_options() | (set(options_of("", cli.sop)) if page == "sop.1" else set())
+    assert common_options() >= {"-C", "--root", "--json", "-q", "--quiet", "--version", "-h", "--help"}
+    stale = sorted(named_options(options) - real)
+    assert not stale, f"man/{page} OPTIONS names {stale}, which not every command takes"
+
+
+USE = re.compile(r"\bsop[- ](" + "|".join(ALL_COMMANDS) + r")((?:\s+--?[A-Za-z][\w-]*(?:\s+[A-Z_]+\b)?)+)")
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: p.name)
+def test_every_command_line_in_a_page_uses_real_options(page: Path) -> None:
+    """'sop-sweep --fix', 'sop recover --dry-run' anywhere in any page: the option exists."""
+    wrong = []
+    for m in USE.finditer(rendered(page)):
+        if m.group(1) in cli.COMMANDS:
+            wrong += [f"sop-{m.group(1)} {o}" for o in sorted(named_options(m.group(2)))
+                      if o not in options_of(m.group(1), cli.COMMANDS[m.group(1)])]
+    assert not wrong, f"{page.name} uses options that do not exist: {wrong}"
 
 
 @pytest.mark.parametrize("name", ALL_COMMANDS)
 def test_help_output_options_are_the_params(name: str) -> None:
     """The params we check are exactly the options --help prints (none hidden, none extra)."""
     cmd = command(name)
-    text = cmd.get_help(click.Context(cmd, info_name=f"sop-{name}"))
+    text = cmd.get_help(help_context(name, cmd))
     shown = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", text.split("Options:", 1)[1]))
     assert set(options_of(name, cmd)) <= shown
 
@@ -113,7 +192,7 @@ def test_page_name_line(page: Path) -> None:
     assert name.startswith(f"{page.stem} - "), name
 
 
-@pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
+@needs_groff
 @pytest.mark.parametrize("page", pages(), ids=lambda p: p.name)
 def test_page_renders_with_groff_without_warnings(page: Path) -> None:
     p = subprocess.run(["groff", "-t", "-man", "-ww", "-z", str(page)], capture_output=True, text=True)
@@ -187,43 +266,112 @@ def test_every_page_is_installed_and_every_installed_page_exists() -> None:
         assert rel in listed, f"{rel} is not in setup.cfg [options.data_files]: uncomment or add its line"
 
 
+# ---------------------------------------------------------------- the plain-text pages
+
+@needs_groff
+@pytest.mark.parametrize("page", pages(), ids=lambda p: p.name)
+def test_help_text_is_the_groff_rendering_of_the_page(page: Path) -> None:
+    """journal/help/PAGE.txt is man/PAGE as groff renders it now: it cannot go stale."""
+    want = render_man.render(page)
+    have = rendered(page)
+    version = subprocess.run(["groff", "--version"], capture_output=True, text=True).stdout.split("\n", 1)[0]
+    assert have == want, (f"journal/help/{page.stem}.txt is not {version}'s rendering of man/{page.name}: "
+                          "run python3 tools/render_man.py and commit the result")
+
+
+def test_every_help_text_has_its_page_and_is_package_data() -> None:
+    texts = sorted(p.stem for p in HELP.glob("*.txt"))
+    assert texts == sorted(p.stem for p in pages()), "journal/help/ and man/ differ: run python3 tools/render_man.py"
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg", encoding="utf-8")
+    assert "help/*.txt" in cfg["options.package_data"]["journal"].split()
+
+
+@needs_groff
+def test_plain_renderer_handles_tables_and_tags() -> None:
+    src = (".TH X 1\n.SH EXIT STATUS\n.TS\nl lx.\n0\tdone\n1\tT{\nrefused;\nnothing\nT}\n.TE\n"
+           ".SH OPTIONS\n.TP\n.BR \\-q \", \" \\-\\-quiet\nNo \\fBmessages\\fR.\n")
+    text = render_man.render_source(src)
+    assert re.search(r"^\s+1\s+refused; nothing$", text, re.M), text
+    assert re.search(r"^\s+-q, --quiet\n\s+No messages\.$", text, re.M), text
+    assert "\b" not in text and "\x1b" not in text, "overstrike or SGR left in the text"
+
+
 # ---------------------------------------------------------------- sop help
 
-def sop_help(*args: str) -> subprocess.CompletedProcess[str]:
+@pytest.fixture(params=["man", "no man"])
+def path_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """The environment's PATH as it is (sop help hands off to man(1)), or one without man (the packaged text)."""
+    if request.param == "man":
+        if shutil.which("man") is None:
+            pytest.skip("man(1) is not installed")
+        return {}
+    return {"PATH": str(tmp_path)}
+
+
+def sop_help(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(BIN / "sop"), "help", *args], capture_output=True, text=True,
-                          env=scrubbed_env(), timeout=60)
+                          encoding="utf-8", env=scrubbed_env(**env), timeout=60)
 
 
-def test_sop_help_begin_prints_the_page_as_plain_text() -> None:
-    p = sop_help("begin")
+def assert_plain(text: str) -> None:
+    assert "\b" not in text and "\x1b" not in text, "overstrike or SGR sequences in the text"
+    assert "\\f" not in text and "\\-" not in text
+    assert not re.search(r"^\.[A-Za-z]{1,2}\b", text, re.M), "a roff macro leaked into the text"
+
+
+def test_sop_help_begin_prints_the_page_as_plain_text(path_env: dict[str, str]) -> None:
+    p = sop_help("begin", **path_env)
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("SOP-BEGIN(1)")
     for text in ("NAME", "sop-begin - the pre-run gatekeeper", "--owner-pid PID", "SOP_OWNER_PID",
                  "1-Strategy-1-Row Invariant", "EXIT STATUS"):
         assert text in p.stdout, text
-    assert "\\f" not in p.stdout and "\\-" not in p.stdout
-    assert not re.search(r"^\.[A-Za-z]{1,2}\b", p.stdout, re.M), "a roff macro leaked into the text"
+    assert_plain(p.stdout)
+    if "PATH" in path_env:
+        assert p.stdout == rendered(MAN / "sop-begin.1")
 
 
 @pytest.mark.parametrize("arg, head", [((), "SOP(1)"), (("sop-commit",), "SOP-COMMIT(1)"),
                                        (("config",), "SOP-CONFIG(5)")])
-def test_sop_help_finds_pages_by_any_name(arg: tuple[str, ...], head: str) -> None:
-    p = sop_help(*arg)
+def test_sop_help_finds_pages_by_any_name(arg: tuple[str, ...], head: str, path_env: dict[str, str]) -> None:
+    p = sop_help(*arg, **path_env)
     assert p.returncode == 0 and p.stdout.startswith(head), p.stderr
 
 
-def test_sop_help_unknown_page_exits_2_and_lists_the_known_ones() -> None:
-    p = sop_help("frobnicate")
+def test_sop_help_unknown_page_exits_2_and_lists_the_known_ones(path_env: dict[str, str]) -> None:
+    p = sop_help("frobnicate", **path_env)
     assert p.returncode == 2
     assert "no manual page" in p.stderr and "begin" in p.stderr
 
 
-def test_plain_renderer_handles_tables_and_tags() -> None:
-    src = (".TH X 1\n.SH EXIT STATUS\n.TS\nl lx.\n0\tdone\n1\tT{\nrefused;\nnothing\nT}\n.TE\n"
-           ".SH OPTIONS\n.TP\n.BR \\-q \", \" \\-\\-quiet\nNo \\fBmessages\\fR.\n")
-    text = manpages.render_text(src)
-    assert re.search(r"^\s+1\s+refused; nothing$", text, re.M), text
-    assert re.search(r"^\s+-q, --quiet\n\s+No messages\.$", text, re.M), text
+@pytest.mark.skipif(shutil.which("man") is None, reason="man(1) is not installed")
+def test_sop_help_through_a_pipe_is_plain_even_when_man_is_asked_to_keep_formatting() -> None:
+    p = sop_help("sweep", MAN_KEEP_FORMATTING="1", MANOPT="-Tutf8")
+    assert p.returncode == 0 and p.stdout.startswith("SOP-SWEEP(1)"), p.stderr
+    assert_plain(p.stdout)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a fake man(1) is a shell script")
+@pytest.mark.parametrize("script", ["echo 'man: this system has been minimized'; exit 1",
+                                    "printf 'S\\bSO\\bOP\\bP(1)\\n'"], ids=["fails", "overstrikes"])
+def test_sop_help_prints_the_text_when_man_fails_or_overstrikes(script: str, tmp_path: Path) -> None:
+    man = tmp_path / "man"
+    man.write_text(f"#!/bin/sh\n{script}\n", encoding="utf-8")
+    man.chmod(0o755)
+    p = sop_help("log", PATH=str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == rendered(MAN / "sop-log.1")
+
+
+def test_sop_help_into_a_closed_pipe_is_quiet(path_env: dict[str, str]) -> None:
+    """sop help | head: no traceback, exit 0."""
+    proc = subprocess.Popen([sys.executable, str(BIN / "sop"), "help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=scrubbed_env(**path_env))
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err, err
 
 
 # ---------------------------------------------------------------- README and CI agree
