@@ -735,9 +735,8 @@ def render_report(r: SweepResult) -> str:
     if r.recovery:
         out += ["", "## Recovery (run first)", ""]
         for a in r.recovery:
-            tx = f" {a['txid']}" if a.get("txid") else ""
-            out.append(f"- {_md(a['action'])}{_md(tx)}: {_md(a.get('detail', ''))} — "
-                       f"{'done' if a.get('done') else 'not done'}")
+            tx = f" {a.txid}" if a.txid else ""
+            out.append(f"- {_md(a.action)}{_md(tx)}: {_md(a.detail)} — {'done' if a.done else 'not done'}")
     for k in KINDS:
         fs = [f for f in r.findings if f.kind == k]
         if not fs:

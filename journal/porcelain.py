@@ -352,7 +352,7 @@ def commit(txid: str, *, defer_on_lock: bool = False, root: RootArg = None, now:
                       detail="The commit decision is on record. Fix the sheet's column, then 'sop-commit "
                              f"{txid}' again (or 'sop-recover'), or 'sop-abort {txid}'.")
     if result.locked_by is None:
-        tx = session.current(txid)
+        tx = result.states.get(txid) or session.current(txid)
         if tx.state != "committed":
             raise WrongState(f"transaction {txid} is {tx.state}: it was rolled back while it waited for the sheet")
         return _committed(tx, also_committed=[t for t in result.committed if t != txid])
