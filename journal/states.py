@@ -33,4 +33,7 @@ TRANSITIONS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "aborted": (("aborting", "aborted"), "aborted"),
     "plan": (("",), "planned"),
     "done": (("planned",), "committed"),
+    "adopt": (("begun",), "committed"),         # recovery found the begun run's row on the sheet
+    "restored": (("planned",), None),            # sop-restore put a committed run's lost row back
+    "abandon": (("planned",), "aborted"),        # a sweep whose plan could not go on, given up by a person
 }

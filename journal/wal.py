@@ -116,7 +116,7 @@ from typing import Any
 
 import msgspec
 
-from . import fsops, names
+from . import fsops, ledger, names
 from .errors import JournalDamaged, WrongState
 from .owner import Owner, username
 from .states import OPEN_STATES, TRANSITIONS
@@ -277,7 +277,7 @@ def apply(states: dict[str, TxState], rec: Record, *, strict: bool = True) -> No
         tx.deleted = [*tx.deleted, d["path"]]
     elif rec.type == "remove_row":
         tx.removed_rows = [*tx.removed_rows, d]
-    elif rec.type == "committed":
+    elif rec.type in ("committed", "adopt"):
         tx.row_number = int(d.get("row_number", 0) or 0)
     if nxt is not None:
         tx.state = nxt
@@ -303,6 +303,15 @@ class Loaded:
     torn: Torn | None = None
     checkpoint: Checkpoint | None = None
     active_id: tuple[int, int] = (0, 0)                        # (device, inode) of the active segment
+    ledger_ops: list[ledger.Op] = field(default_factory=list)  # what records since the checkpoint did to it
+
+    def apply(self, rec: Record) -> None:
+        """Replay one record: the transaction's state, and the ledger of committed rows."""
+        apply(self.states, rec)
+        tx = self.states.get(rec.txid)
+        op = ledger.op_of(rec, tx.kind, tx.strategy, tx.run_id) if tx is not None else None
+        if op is not None:
+            self.ledger_ops.append(op)
 
     def open_transactions(self) -> list[TxState]:
         return [t for t in self.states.values() if t.state in OPEN_STATES]
@@ -404,7 +413,7 @@ def load(ws: Workspace) -> Loaded:
                                  detail="A segment is missing or misnamed; see 'sop-fsck'.")
         newest = i == len(rest) - 1
         out.seq, out.hash, torn = read_segment(p, expect_seq=out.seq + 1, expect_hash=out.hash, newest=newest,
-                                               on_record=lambda r: apply(out.states, r))
+                                               on_record=out.apply)
         if torn:
             out.torn = torn
         out.active = p
@@ -438,14 +447,16 @@ def refresh(ws: Workspace, j: Loaded) -> Loaded:
     with open(j.active, "rb") as f:
         f.seek(j.active_bytes)
         data = f.read()
-    states = dict(j.states)
+    out = Loaded(seq=j.seq, hash=j.hash, active=j.active, active_bytes=j.active_bytes + len(data),
+                 states=dict(j.states), checkpoint=j.checkpoint, active_id=j.active_id,
+                 ledger_ops=list(j.ledger_ops))
     touched: set[str] = set()
 
     def on_record(rec: Record) -> None:
-        if rec.txid in states and rec.txid not in touched:
-            states[rec.txid] = msgspec.structs.replace(states[rec.txid])
+        if rec.txid in out.states and rec.txid not in touched:
+            out.states[rec.txid] = msgspec.structs.replace(out.states[rec.txid])
         touched.add(rec.txid)
-        apply(states, rec)
+        out.apply(rec)
     try:
         seq, h, torn = read_segment(j.active, expect_seq=j.seq + 1, expect_hash=j.hash, newest=True,
                                     on_record=on_record, data=data)
@@ -453,8 +464,26 @@ def refresh(ws: Workspace, j: Loaded) -> Loaded:
         return load(ws)
     if torn is not None:
         return load(ws)
-    return Loaded(seq=seq, hash=h, active=j.active, active_bytes=j.active_bytes + len(data), states=states,
-                  checkpoint=j.checkpoint, active_id=j.active_id)
+    out.seq, out.hash = seq, h
+    return out
+
+
+def committed_rows(ws: Workspace, j: Loaded) -> dict[str, ledger.Entry]:
+    """The ledger now: every committed row the sheet should hold, by run key (see :mod:`journal.ledger`)."""
+    cp = j.checkpoint
+    rows = ledger.read(ws.sop_dir, cp.seq, cp.hash) if cp is not None and cp.seq else {}
+    if rows is None:                                    # missing or stale: replay the sealed history
+        rows = {}
+        full = Loaded()
+        for rec in iter_records(ws):
+            if cp is not None and rec.seq > cp.seq:
+                break
+            full.apply(rec)
+        for op in full.ledger_ops:
+            ledger.apply_op(rows, op)
+    for op in j.ledger_ops:
+        ledger.apply_op(rows, op)
+    return rows
 
 
 def _segment_first(p: Path) -> int:
@@ -749,7 +778,7 @@ class Writer:
         self.j.seq = body.seq
         self.j.hash = line_hash(line)
         rec = _decode_record(line)
-        apply(self.j.states, rec)
+        self.j.apply(rec)
         return rec
 
     def _seal(self) -> None:
@@ -769,8 +798,10 @@ class Writer:
             indexes.append(build_index(p.name, data, digest))
         open_states = {k: v for k, v in self.j.states.items() if v.state in OPEN_STATES}
         new = Checkpoint(seq=self.j.seq, hash=self.j.hash, segments=segs, open=open_states)
+        ledger.write(self.ws.sop_dir, committed_rows(self.ws, self.j), self.j.seq, self.j.hash)
         fsops.atomic_write(self.ws.checkpoint_path, msgspec.json.encode(new))
         self.j.checkpoint = new
+        self.j.ledger_ops = []
         self.j.states = {k: msgspec.structs.replace(v) for k, v in open_states.items()}
         for idx in indexes:                      # after the checkpoint: an index is valid only for sealed bytes
             write_index(self.ws, idx)
