@@ -118,9 +118,9 @@ Modules
     standard library only), and ``edit`` the parent side of it, with opening
     a workbook for a rewrite and replacing it; ``read``, ``append``,
     ``remove`` and ``create`` the four operations.  The public names are the
-    ones re-exported here; sop imports this package lazily (``sop-begin``
-    with a cached sheet index imports none of it), and lxml only when a
-    write needs it.
+    ones re-exported here.  :mod:`journal.sheet` imports this package on
+    first use (a cached sheet index needs none of it), and the package
+    imports lxml only once a workbook is opened, never at import.
 """
 
 from __future__ import annotations

@@ -88,7 +88,6 @@ def editing(path: str | os.PathLike[str], worksheet: str | None
         pkg.close()
 
 
-
 def write_workbook(path: str | os.PathLike[str], pkg: Package, validator: Validator, replace: dict[str, Replacement],
                    drop: set[str], before_replace: Callable[[os.stat_result], None] | None = None) -> None:
     """Write the rewritten workbook and put it in the old one's place (:func:`fsops.atomic_write`).

@@ -313,7 +313,6 @@ def root_prefix(head: bytes, path: str | os.PathLike[str], part: str, expect: by
     return prefix
 
 
-
 def xml_decl(head: bytes) -> bytes:
     """The bytes before the root element (XML declaration, BOM)."""
     m = _ROOT_RE.search(head)
@@ -342,8 +341,6 @@ def load_shared_strings(pkg: Package) -> SharedStrings:
     si = re.compile(rb"<" + p + rb"si(?:\s[^>]*)?(?:/>|>(?:<" + p + rb't(?: xml:space="preserve")?>([^<]*)</' + p
                     + rb"t>(</)" + p + rb"si>|(.*?)</" + p + rb"si>))", re.S)
     return SharedStrings(si.findall(data), prefix)
-
-
 
 
 # --------------------------------------------------------------------------------------------

@@ -187,8 +187,6 @@ def iter_sheet(pkg: Package, part: str, validate: bool,
             return
 
 
-
-
 def row_spans(seg: bytes, sx: Sx) -> Iterator[tuple[int | None, int, int, int]]:
     """(row number or None when implied, start, end of start tag, end of element) of each row in a chunk."""
     pos = 0
@@ -216,7 +214,6 @@ def row_spans(seg: bytes, sx: Sx) -> Iterator[tuple[int | None, int, int, int]]:
         pos = end
 
 
-
 # --------------------------------------------------------------------------------------------
 # Pass 1: scan the master sheet before a write; pass 2 reads its rows again
 
@@ -237,8 +234,6 @@ def _check_chunk(chunk: bytes, sx: Sx, pkg: Package, part: str) -> None:
     if sx.no_r_re.search(chunk):
         raise damaged(pkg.path, f"{part} has rows or cells without an r attribute, which sop does not edit",
                       "Open and re-save the workbook in Excel.")
-
-
 
 
 def scan_sheet(pkg: Package, part: str, validate: bool = True) -> Scan:
@@ -297,7 +292,6 @@ def check_odd(pkg: Package, part: str, seg: Segments) -> None:
     for _at, what in seg.oddities:
         raise damaged(pkg.path, f"{part} holds {what}, which sop does not edit",
                       "Open and re-save the workbook in Excel.")
-
 
 
 def open_sheetdata(seg: Segments, sx: Sx) -> tuple[bytes, bytes]:

@@ -86,7 +86,6 @@ def parse_number(text: str | bytes) -> int | float | None:
     return f
 
 
-
 # --------------------------------------------------------------------------------------------
 # Encoding new cells
 
