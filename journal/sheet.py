@@ -284,7 +284,7 @@ def check_row(view: SheetView, row: dict[str, Any]) -> None:
     waiting behind it, so the gate runs the writer's own checks (length,
     characters XML cannot carry, types) first.
     """
-    _x()._encode_rows([build_row(view, row)])
+    _x().encode_rows([build_row(view, row)])
 
 
 def append(ws: Workspace, rows: list[dict[str, Any]], view: SheetView | None = None) -> list[int]:

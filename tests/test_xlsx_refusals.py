@@ -15,6 +15,7 @@ from fixtures_xlsx import data_rows, patch_member, xlsxwriter_book
 
 from journal import fsops, xlsx
 from journal.errors import SheetDamaged
+from journal.xlsx import edit
 
 SHEET = "xl/worksheets/sheet1.xml"
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +32,7 @@ WRITES = {"append": APPEND, "remove": REMOVE}
 def validator(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run the whole-part XML check in a child process (as for big sheets) or in process."""
     if request.param == "child":
-        monkeypatch.setattr(xlsx, "VALIDATOR_MIN_BYTES", 0)
+        monkeypatch.setattr(edit, "VALIDATOR_MIN_BYTES", 0)
         monkeypatch.setattr(os, "cpu_count", lambda: 2)
     else:
         monkeypatch.setattr(os, "cpu_count", lambda: 1)
@@ -245,7 +246,7 @@ def test_crash_before_replace_leaves_old_workbook_and_a_temp_file(tmp_path: Path
 def test_when_the_validator_child_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpus: int, threshold: int,
                                        child: bool) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: cpus)
-    monkeypatch.setattr(xlsx, "VALIDATOR_MIN_BYTES", threshold)
+    monkeypatch.setattr(edit, "VALIDATOR_MIN_BYTES", threshold)
     started: list[object] = []
     real_popen = subprocess.Popen
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a) or real_popen(*a, **k))
@@ -258,9 +259,9 @@ def test_when_the_validator_child_runs(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_a_failing_validator_child_falls_back_to_checking_in_process(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(xlsx, "VALIDATOR_MIN_BYTES", 0)
+    monkeypatch.setattr(edit, "VALIDATOR_MIN_BYTES", 0)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(xlsx, "_VALIDATOR", "import os; os._exit(9)")
+    monkeypatch.setattr(edit, "child_command", lambda *_a: [sys.executable, "-I", "-S", "-c", "import os; os._exit(9)"])
     path = xlsxwriter_book(tmp_path / "m.xlsx", rows=data_rows(5))
     assert xlsx.append_rows(path, None, [{1: "x"}]) == [7]
     patch_member(path, SHEET, lambda b: b.replace(b"</c></row>", b"</c></rwo>", 1))

@@ -254,16 +254,16 @@ def test_remove_every_data_row_of_a_table_keeps_one_empty_row(tmp_path: Path) ->
     ("MyName+_x+A3", "MyName+_x+A3"),
 ])
 def test_shift_formula(before: str, after: str) -> None:
-    assert xlsx.shift_formula(before, xlsx._RowMap([4]), "Master") == after
+    assert xlsx.shift_formula(before, xlsx.RowMap([4]), "Master") == after
 
 
 def test_shift_formula_relative_to_a_range() -> None:
-    rows = xlsx._RowMap([2])
+    rows = xlsx.RowMap([2])
     # a conditional format on E2:E7 (now E2:E6): relative rows keep their distance to the top row
     assert xlsx.shift_formula("E2>1", rows, "M", anchor=(2, 2)) == "E2>1"
     assert xlsx.shift_formula("E3>E2", rows, "M", anchor=(2, 2)) == "E3>E2"
     assert xlsx.shift_formula("E2>$E$9", rows, "M", anchor=(2, 2)) == "E2>$E$8"
-    assert xlsx.shift_formula("E5>0", xlsx._RowMap([2]), "M", anchor=(5, 4)) == "E4>0"
+    assert xlsx.shift_formula("E5>0", xlsx.RowMap([2]), "M", anchor=(5, 4)) == "E4>0"
 
 
 def test_translate_formula() -> None:
@@ -273,7 +273,7 @@ def test_translate_formula() -> None:
 
 
 def test_row_map() -> None:
-    m = xlsx._RowMap([3, 5, 6])
+    m = xlsx.RowMap([3, 5, 6])
     assert [m.row(r) for r in range(1, 9)] == [1, 2, None, 3, None, None, 4, 5]
     assert m.span(3, 3) is None and m.span(2, 6) == (2, 3) and m.span(5, 9) == (4, 6)
     assert m.sqref("A3 B2:B4 C5:D6 E1:E1048576") == "B2:B3 E1:E1048576"

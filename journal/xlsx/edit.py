@@ -1,0 +1,108 @@
+"""Opening a workbook for a rewrite of its master sheet, checking its XML beside the rewrite, and replacing it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+from journal import fsops
+
+from . import validate
+from .package import Package, Replacement, SheetInfo, damaged, write_package
+from .scan import Scan, Segments, check_odd, iter_sheet, scan_sheet
+
+VALIDATOR_MIN_BYTES = 8 << 20       # below this a worksheet part is checked in process (a child costs ~50 ms)
+
+
+def child_command(path: str | os.PathLike[str], part: str) -> list[str]:
+    """The validator child: this Python, isolated, running :mod:`.validate` by its file path."""
+    return [sys.executable, "-I", "-S", validate.__file__, os.fspath(path), part]
+
+
+class Validator:
+    """Runs expat over the worksheet part in a child process, on the other core, while we rewrite it.
+
+    Expat costs as much as the rest of an append together and holds the GIL, so on a machine
+    with two or more cores it runs beside the two passes; ``join`` is called before the new file
+    replaces the old one.  With one core, a part small enough that starting a child costs more
+    than it saves, or when no child can be started, validation runs in process (``inline``).
+    """
+
+    def __init__(self, pkg: Package, part: str) -> None:
+        self.pkg, self.part = pkg, part
+        self.proc: subprocess.Popen[bytes] | None = None
+        if ((os.cpu_count() or 1) < 2 or not sys.executable or getattr(sys, "frozen", False)
+                or pkg.names[part].file_size < VALIDATOR_MIN_BYTES):
+            return
+        try:
+            self.proc = subprocess.Popen(child_command(pkg.path, part), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except OSError:
+            self.proc = None
+
+    @property
+    def inline(self) -> bool:
+        return self.proc is None
+
+    def join(self) -> None:
+        if self.proc is None:
+            return
+        out, _err = self.proc.communicate()
+        code = self.proc.returncode
+        self.proc = None
+        if code == 3:
+            raise damaged(self.pkg.path, f"{self.part} {out.decode(errors='replace').strip()}",
+                          "Open and re-save it in Excel, or restore it from a backup.")
+        if code != 0:   # the child itself failed (killed, no memory…): check in process instead
+            seg = Segments()
+            for _ in iter_sheet(self.pkg, self.part, True, seg):
+                pass
+            check_odd(self.pkg, self.part, seg)
+
+    def cancel(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.communicate()
+            self.proc = None
+
+
+@contextlib.contextmanager
+def editing(path: str | os.PathLike[str], worksheet: str | None
+            ) -> Iterator[tuple[Package, SheetInfo, Validator, Scan]]:
+    """Open a workbook for a rewrite of its master sheet: the package, the sheet, the XML check
+    started beside the rewrite, and the first scan.  The check is cancelled and the package
+    closed however the rewrite ends (a finished rewrite has joined the check already)."""
+    pkg = Package(path)
+    validator: Validator | None = None
+    try:
+        info = pkg.sheet(worksheet)
+        validator = Validator(pkg, info.part)
+        yield pkg, info, validator, scan_sheet(pkg, info.part, validator.inline)
+    finally:
+        if validator is not None:
+            validator.cancel()
+        pkg.close()
+
+
+def write_workbook(path: str | os.PathLike[str], pkg: Package, validator: Validator, replace: dict[str, Replacement],
+                   drop: set[str], before_replace: Callable[[os.stat_result], None] | None = None) -> None:
+    """Write the rewritten workbook and put it in the old one's place (:func:`fsops.atomic_write`).
+
+    Members in ``replace`` are written anew, those in ``drop`` left out, the others copied.  The
+    XML check is joined once the new file is written, so a part that fails it never replaces the
+    old file; the package is closed either way.  ``before_replace`` is a plain hook passed on to
+    :func:`fsops.atomic_write`: it gets the new file's stat after the check passed and before the
+    replace (if it raises, the old file stays).
+    """
+    def write(f: BinaryIO) -> None:
+        try:
+            write_package(pkg, f, replace, drop)
+            validator.join()
+        finally:
+            pkg.close()
+
+    fsops.atomic_write(path, write, before_replace)

@@ -1,0 +1,434 @@
+"""The package: the workbook zip, its relationships and parts, shared strings, and writing the zip anew."""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from journal.errors import SheetDamaged
+
+from .constants import (
+    CHUNK,
+    NS_DOC_RELS,
+    NS_MAIN,
+    NS_PKG_RELS,
+    NS_STRICT_DOC_RELS,
+    NS_STRICT_MAIN,
+    OLE_MAGIC,
+    REL_OFFICE_DOCUMENT,
+    REL_SHARED_STRINGS,
+    REL_TABLE,
+    REL_WORKSHEET,
+    SHEET_COMPRESSLEVEL,
+    SMALL_COMPRESSLEVEL,
+)
+from .text import xml_text
+
+# --------------------------------------------------------------------------------------------
+# Zip, relationships, parts
+
+
+def damaged(path: str | os.PathLike[str], what: str, detail: str | None = None) -> SheetDamaged:
+    return SheetDamaged(f"Master Sheet {os.fspath(path)}: {what}", detail=detail)
+
+
+def _strict(path: str | os.PathLike[str]) -> SheetDamaged:
+    return damaged(path, "is a Strict Open XML workbook, which sop does not edit",
+                   "Save it as 'Excel Workbook (.xlsx)' instead of 'Strict Open XML'.")
+
+
+def xml_root(data: bytes, path: str | os.PathLike[str], part: str):  # -> lxml element
+    from lxml import etree
+
+    if b"<!DOCTYPE" in data[:4096] or b"<!ENTITY" in data:
+        raise damaged(path, f"{part} declares a DOCTYPE or entities; refusing to read it")
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False)
+    try:
+        return etree.fromstring(data, parser)
+    except etree.XMLSyntaxError as e:
+        raise damaged(path, f"{part} is not well-formed XML ({e})",
+                      "Open and re-save it in Excel, or restore it from a backup.") from None
+
+
+def _resolve_target(base_part: str, target: str) -> str:
+    """A relationship target relative to the part that owns the rels -> a zip member name."""
+    if target.startswith("/"):
+        return target.lstrip("/")
+    base_dir = base_part.rsplit("/", 1)[0] if "/" in base_part else ""
+    parts = [p for p in base_dir.split("/") if p] if base_dir else []
+    for seg in target.split("/"):
+        if seg == "..":
+            if parts:
+                parts.pop()
+        elif seg and seg != ".":
+            parts.append(seg)
+    return "/".join(parts)
+
+
+def rels_name(part: str) -> str:
+    d, _, name = part.rpartition("/")
+    return f"{d}/_rels/{name}.rels" if d else f"_rels/{name}.rels"
+
+
+@dataclass
+class Rel:
+    rid: str
+    type: str
+    target: str        # resolved zip member name ("" for external)
+    external: bool
+
+
+@dataclass
+class SheetInfo:
+    name: str
+    part: str
+
+
+class Package:
+    """An opened workbook zip with its workbook part and worksheet list resolved."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = path
+        try:
+            self.f: BinaryIO = open(path, "rb")
+        except FileNotFoundError:
+            raise damaged(path, "no such file", "Create it with `sop init`, or point [sheet].path at it.") from None
+        try:
+            self._open()
+        except BaseException:
+            self.f.close()
+            raise
+
+    def _open(self) -> None:
+        path = self.path
+        magic = self.f.read(8)
+        self.f.seek(0)
+        if magic == OLE_MAGIC:
+            raise damaged(path, "is an encrypted workbook or a legacy .xls file (OLE compound document)",
+                          "Remove the password or save it as .xlsx/.xlsm in Excel.")
+        if magic[:2] != b"PK":
+            raise damaged(path, "is not an .xlsx/.xlsm workbook (not a zip file)")
+        try:
+            self.zf = zipfile.ZipFile(self.f)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as e:
+            raise damaged(path, f"is not a readable zip file ({e})") from None
+        self.infos = self.zf.infolist()
+        self.names: dict[str, zipfile.ZipInfo] = {}
+        for info in self.infos:
+            if info.filename in self.names:
+                raise damaged(path, f"holds the zip member {info.filename} twice")
+            if info.flag_bits & 0x1:
+                raise damaged(path, f"zip member {info.filename} is encrypted")
+            self.names[info.filename] = info
+        self.names_ci = {n.casefold(): n for n in self.names}   # OPC part names are case-insensitive
+        if "EncryptedPackage" in self.names or "EncryptionInfo" in self.names:
+            raise damaged(path, "is an encrypted workbook", "Remove the password in Excel.")
+        rels = self.rels("")
+        office = [r for r in rels if r.type == REL_OFFICE_DOCUMENT]
+        if not office:
+            if any(r.type.startswith(NS_STRICT_DOC_RELS) for r in rels):
+                raise _strict(path)
+            raise damaged(path, "has no workbook part (_rels/.rels names no officeDocument)")
+        self.workbook_part = office[0].target
+        wb = xml_root(self.read(self.workbook_part), path, self.workbook_part)
+        ns = wb.tag[1:].split("}")[0] if wb.tag.startswith("{") else ""
+        if ns == NS_STRICT_MAIN:
+            raise _strict(path)
+        if ns != NS_MAIN:
+            raise damaged(path, f"has a workbook part in an unknown namespace {ns!r}")
+        self.workbook_rels = self.rels(self.workbook_part)
+        by_id = {r.rid: r for r in self.workbook_rels}
+        self.sheets: list[SheetInfo] = []
+        self.other_sheets: list[str] = []
+        for el in wb.iter(f"{{{NS_MAIN}}}sheet"):
+            rid = el.get(f"{{{NS_DOC_RELS}}}id")
+            rel = by_id.get(rid or "")
+            name = el.get("name") or ""
+            if rel is None:
+                raise damaged(path, f"sheet {name!r} has no relationship {rid!r} in the workbook's rels")
+            if rel.type == REL_WORKSHEET:
+                self.sheets.append(SheetInfo(name, rel.target))
+            else:
+                self.other_sheets.append(name)
+        sst = [r for r in self.workbook_rels if r.type == REL_SHARED_STRINGS]
+        self.sst_part = sst[0].target if sst and sst[0].target in self.names else None
+
+    def close(self) -> None:
+        self.zf.close()
+        self.f.close()
+
+    def __enter__(self) -> Package:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read(self, part: str) -> bytes:
+        if part not in self.names:
+            raise damaged(self.path, f"is missing its part {part}")
+        try:
+            return self.zf.read(part)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
+            raise damaged(self.path, f"part {part} cannot be inflated ({e})") from None
+
+    def chunks(self, part: str, size: int = CHUNK) -> Iterator[bytes]:
+        """Inflate a part piece by piece; a bad CRC or deflate stream is damage."""
+        if part not in self.names:
+            raise damaged(self.path, f"is missing its part {part}")
+        try:
+            with self.zf.open(part) as f:
+                while True:
+                    b = f.read(size)
+                    if not b:
+                        return
+                    yield b
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
+            raise damaged(self.path, f"part {part} cannot be inflated ({e})") from None
+
+    def rels(self, part: str) -> list[Rel]:
+        name = "_rels/.rels" if part == "" else rels_name(part)
+        if name not in self.names:
+            return []
+        root = xml_root(self.read(name), self.path, name)
+        out = []
+        for el in root.iter(f"{{{NS_PKG_RELS}}}Relationship"):
+            external = el.get("TargetMode") == "External"
+            target = el.get("Target") or ""
+            if not external:
+                target = _resolve_target(part, target)
+                target = self.names_ci.get(target.casefold(), target)
+            out.append(Rel(el.get("Id") or "", el.get("Type") or "", target, external))
+        return out
+
+    def sheet(self, worksheet: str | None) -> SheetInfo:
+        if not self.sheets:
+            raise damaged(self.path, "has no worksheet")
+        if worksheet is None or worksheet == "":
+            info = self.sheets[0]
+        else:
+            found = [s for s in self.sheets if s.name == worksheet]
+            if not found:
+                found = [s for s in self.sheets if s.name.casefold() == worksheet.casefold()]
+            if not found:
+                names = ", ".join(repr(s.name) for s in self.sheets)
+                raise damaged(self.path, f"has no worksheet named {worksheet!r} (it has {names})",
+                              "Fix [sheet].worksheet in .sop/config.toml.")
+            info = found[0]
+        if info.part not in self.names:
+            raise damaged(self.path, f"is missing the part {info.part} of worksheet {info.name!r}")
+        return info
+
+
+def sheet_tables(pkg: Package, part: str) -> list[str]:
+    return [r.target for r in pkg.rels(part) if r.type == REL_TABLE and not r.external and r.target in pkg.names]
+
+
+def table_element(pkg: Package, part: str, xml: bytes) -> re.Match[bytes]:
+    """The ``<table>`` start tag of a table part (group 1: its namespace prefix, if any)."""
+    m = re.search(rb"<([A-Za-z_][\w.-]*:)?table\b[^>]*>", xml)
+    if not m:
+        raise damaged(pkg.path, f"table part {part} has no <table> element")
+    return m
+
+
+# --------------------------------------------------------------------------------------------
+# Shared strings
+
+
+class SharedStrings:
+    """The shared string table: simple entries decoded in bulk, rich ones on first use."""
+
+    def __init__(self, raw: list[tuple[bytes, bytes, bytes]], prefix: bytes) -> None:
+        p = re.escape(prefix)
+        self._t = re.compile(rb"<" + p + rb"t(?:\s[^>]*)?>(.*?)</" + p + rb"t>|<" + p + rb"t(?:\s[^>]*)?/>", re.S)
+        self._rph = re.compile(rb"<" + p + rb"rPh\b.*?</" + p + rb"rPh>", re.S)
+        self.simple_tags = (b"<" + prefix + b"t>", b"</" + prefix + b"t>")
+        # raw: (simple text, marker of a simple entry, rich body) per <si>, as the regex finds them
+        simple = [t[0] for t in raw]
+        joined = b"\x00".join(simple).decode("utf-8", "replace")
+        strings: list[str | None] = [*joined.split("\x00")] if raw else []
+        if "&" in joined or "_x" in joined or "\r" in joined:
+            strings = [xml_text(simple[i]) if ("&" in st or "_x" in st or "\r" in st) else st  # type: ignore[operator]
+                       for i, st in enumerate(strings)]
+        self.rich: dict[int, bytes] = {}
+        if len(raw) != sum(1 for t in raw if t[1]):
+            for i, t in enumerate(raw):
+                if not t[1]:
+                    strings[i] = None
+                    self.rich[i] = t[2]
+        self.strings = strings
+
+    def get(self, index: int) -> str:
+        try:
+            s = self.strings[index]
+        except IndexError:
+            return ""
+        if s is None:
+            s = self.strings[index] = self.decode_rich(self.rich.pop(index))
+        return s
+
+    def decode_rich(self, body: bytes) -> str:
+        if not body:
+            return ""
+        if b"rPh" in body:
+            body = self._rph.sub(b"", body)
+        return "".join(xml_text(m.group(1) or b"") for m in self._t.finditer(body))
+
+
+_ROOT_RE = re.compile(rb"<([A-Za-z_][\w.-]*:)?([A-Za-z_][\w.-]*)((?:\s[^>]*)?)>")
+_XMLNS_RE = re.compile(rb"""xmlns(?::([\w.-]+))?\s*=\s*(["'])(.*?)\2""")
+
+
+def root_prefix(head: bytes, path: str | os.PathLike[str], part: str, expect: bytes) -> bytes:
+    """Find the root element and the prefix bound to the SpreadsheetML namespace ('' or 'x:')."""
+    pos = 0
+    while True:
+        m = _ROOT_RE.search(head, pos)
+        if not m:
+            raise damaged(path, f"{part} has no root element")
+        if head[m.start() + 1:m.start() + 2] in (b"?", b"!"):
+            pos = m.end()
+            continue
+        break
+    pre = head[:m.start()]
+    if b"<!DOCTYPE" in pre or b"<!ENTITY" in pre:
+        raise damaged(path, f"{part} declares a DOCTYPE; refusing to read it")
+    prefix = m.group(1) or b""
+    if m.group(2) != expect:
+        raise damaged(path, f"{part} is a <{m.group(2).decode()}>, not a <{expect.decode()}>")
+    bound = {}
+    for nm in _XMLNS_RE.finditer(m.group(3)):
+        bound[(nm.group(1) or b"")] = nm.group(3).decode("utf-8", "replace")
+    ns = bound.get(prefix[:-1] if prefix else b"")
+    if ns == NS_STRICT_MAIN:
+        raise _strict(path)
+    if ns != NS_MAIN:
+        raise damaged(path, f"{part} is in an unknown namespace {ns!r}")
+    return prefix
+
+
+def xml_decl(head: bytes) -> bytes:
+    """The bytes before the root element (XML declaration, BOM)."""
+    m = _ROOT_RE.search(head)
+    while m and head[m.start() + 1:m.start() + 2] in (b"?", b"!"):
+        m = _ROOT_RE.search(head, m.end())
+    return head[:m.start()] if m else b""
+
+
+def check_encoding(head: bytes, path: str | os.PathLike[str], part: str) -> None:
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or head[:4] in (b"\x00<\x00?", b"<\x00?\x00"):
+        raise damaged(path, f"{part} is UTF-16 encoded, which sop does not edit",
+                      "Open and re-save the workbook in Excel.")
+    m = re.match(rb"(?:\xef\xbb\xbf)?<\?xml[^>]*encoding\s*=\s*[\"']([\w.-]+)[\"']", head)
+    if m and m.group(1).lower() not in (b"utf-8", b"utf8"):
+        raise damaged(path, f"{part} is {m.group(1).decode()} encoded, which sop does not edit",
+                      "Open and re-save the workbook in Excel.")
+
+
+def load_shared_strings(pkg: Package) -> SharedStrings:
+    if pkg.sst_part is None:
+        return SharedStrings([], b"")
+    data = pkg.read(pkg.sst_part)
+    check_encoding(data[:200], pkg.path, pkg.sst_part)
+    prefix = root_prefix(data[:4096], pkg.path, pkg.sst_part, b"sst")
+    p = re.escape(prefix)
+    si = re.compile(rb"<" + p + rb"si(?:\s[^>]*)?(?:/>|>(?:<" + p + rb't(?: xml:space="preserve")?>([^<]*)</' + p
+                    + rb"t>(</)" + p + rb"si>|(.*?)</" + p + rb"si>))", re.S)
+    return SharedStrings(si.findall(data), prefix)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing the zip
+
+_LOCAL = struct.Struct("<4sHHHHHIIIHH")
+_CENTRAL = struct.Struct("<4sBBBBHHHHIIIHHHHHII")
+_EOCD = struct.Struct("<4sHHHHIIH")
+_LIMIT = 0xFFFFFFFF
+
+
+def _dos_time(dt: tuple[int, int, int, int, int, int]) -> tuple[int, int]:
+    y, mo, d, h, mi, s = dt
+    if y < 1980:
+        y, mo, d, h, mi, s = 1980, 1, 1, 0, 0, 0
+    return (h << 11) | (mi << 5) | (s // 2), ((y - 1980) << 9) | (mo << 5) | d
+
+
+Replacement = bytes | Callable[[], Iterable[bytes]]
+
+
+def write_package(pkg: Package, out: BinaryIO, replace: dict[str, Replacement], drop: set[str],
+                  level: int = SHEET_COMPRESSLEVEL) -> None:
+    """Write the package to ``out``: replaced members deflated anew, the others copied raw."""
+    central: list[bytes] = []
+    for info in pkg.infos:
+        name = info.filename
+        if name in drop:
+            continue
+        offset = out.tell()
+        try:
+            fname = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
+        except UnicodeEncodeError:
+            fname = info.orig_filename.encode("utf-8")
+        flags = info.flag_bits & ~0x8
+        t, d = _dos_time(info.date_time)
+        if name in replace:
+            rep = replace[name]
+            method = zipfile.ZIP_DEFLATED
+            flags &= 0x800
+            out.write(_LOCAL.pack(b"PK\x03\x04", 20, flags, method, t, d, 0, 0, 0, len(fname), 0) + fname)
+            comp = zlib.compressobj(level if callable(rep) else SMALL_COMPRESSLEVEL, zlib.DEFLATED, -15)
+            crc = usize = csize = 0
+            for piece in ([rep] if isinstance(rep, bytes) else rep()):
+                if not piece:
+                    continue
+                crc = zlib.crc32(piece, crc)
+                usize += len(piece)
+                z = comp.compress(piece)
+                csize += len(z)
+                out.write(z)
+            z = comp.flush()
+            csize += len(z)
+            out.write(z)
+            if usize >= _LIMIT or csize >= _LIMIT:
+                raise damaged(pkg.path, f"part {name} would be over 4 GB, which sop does not write")
+            end = out.tell()
+            out.seek(offset + 14)
+            out.write(struct.pack("<III", crc, csize, usize))
+            out.seek(end)
+        else:
+            method, crc, csize, usize = info.compress_type, info.CRC, info.compress_size, info.file_size
+            out.write(_LOCAL.pack(b"PK\x03\x04", max(info.extract_version, 20), flags, method, t, d, crc, csize,
+                                  usize, len(fname), 0) + fname)
+            pkg.f.seek(info.header_offset)
+            lh = pkg.f.read(30)
+            if len(lh) < 30 or lh[:4] != b"PK\x03\x04":
+                raise damaged(pkg.path, f"zip member {name} has a bad local header")
+            n, e = struct.unpack("<HH", lh[26:30])
+            pkg.f.seek(info.header_offset + 30 + n + e)
+            left = csize
+            while left:
+                b = pkg.f.read(min(left, CHUNK))
+                if not b:
+                    raise damaged(pkg.path, f"zip member {name} is truncated")
+                out.write(b)
+                left -= len(b)
+        if offset >= _LIMIT:
+            raise damaged(pkg.path, "the workbook would be over 4 GB, which sop does not write")
+        version = max(info.extract_version, 20) if name not in replace else 20
+        central.append(_CENTRAL.pack(b"PK\x01\x02", info.create_version, info.create_system, version, 0, flags,
+                                     method, t, d, crc, csize, usize, len(fname), 0, len(info.comment), 0,
+                                     info.internal_attr, info.external_attr, offset) + fname + info.comment)
+    start = out.tell()
+    for c in central:
+        out.write(c)
+    size = out.tell() - start
+    if len(central) >= 0xFFFF or start >= _LIMIT:
+        raise damaged(pkg.path, "the workbook would need ZIP64, which sop does not write")
+    comment = pkg.zf.comment or b""
+    out.write(_EOCD.pack(b"PK\x05\x06", 0, 0, len(central), len(central), size, start, len(comment)) + comment)

@@ -1,0 +1,232 @@
+"""Reading the master worksheet's header and data rows (see the package docstring, *Reading*)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from .constants import HEADER_SCAN_ROWS
+from .package import Package, SharedStrings, load_shared_strings
+from .ranges import col_index, col_letters
+from .scan import Segments, Sx, iter_sheet, row_spans
+from .text import Value, parse_number, xml_text
+
+
+def normalize_header(text: object) -> str:
+    """Header names match case-insensitively, ignoring spaces, ``_`` and ``-`` (SPEC §2)."""
+    if text is None:
+        return ""
+    s = str(text).strip().casefold()
+    for ch in (" ", "_", "-", "\t", "\n", "\r", "\u00a0"):
+        s = s.replace(ch, "")
+    return s
+
+
+@dataclass(frozen=True)
+class Row:
+    number: int                      # the Excel row number (1-based)
+    values: dict[int, Value]         # 1-based column index -> value; only requested columns, only non-empty cells
+
+
+@dataclass(frozen=True)
+class Table:
+    worksheet: str                   # the master worksheet's name
+    header_row: int                  # Excel row number of the header row
+    headers: dict[int, str]          # 1-based column index -> header text as written
+    columns: dict[str, int]          # normalize_header(text) -> column index (first occurrence wins)
+    rows: list[Row] = field(default_factory=list)  # data rows that hold at least one value, in sheet order
+
+
+def _parse_cells(body: bytes, sx: Sx, sst: SharedStrings,
+                 wanted: set[int] | None) -> tuple[dict[int, Value], bool]:
+    """Every cell of one row body (handles implied positions); returns (values, row holds a value)."""
+    out: dict[int, Value] = {}
+    col = 0
+    any_value = False
+    for m in sx.cell_re.finditer(body):
+        attrs = m.group(1) or b""
+        rm = sx.cell_r_re.search(attrs) if attrs else None
+        col = col_index(rm.group(1)) if rm else col + 1
+        v = sx.cell_value(attrs, m.group(2), sst)
+        if v is None:
+            continue
+        any_value = True
+        if wanted is None or col in wanted:
+            out[col] = v
+    return out, any_value
+
+
+def read_table(path: str | os.PathLike[str], worksheet: str | None = None,
+               columns: list[str] | None = None) -> Table:
+    """Read the master worksheet's header and data rows, streaming its XML.
+
+    Args:
+        path: the workbook.
+        worksheet: the worksheet's name; None or "" means the first worksheet.
+        columns: normalized header names whose values to load; None loads every column.
+
+    Returns:
+        A Table; ``header_row`` is 0 (and ``headers``/``columns`` empty) when none of rows
+        1–10 holds a ``Strategy`` cell: the caller decides to refuse.
+
+    Raises:
+        SheetDamaged: the file is not a workbook this package can read (see the package docstring).
+    """
+    with Package(path) as pkg:
+        info = pkg.sheet(worksheet)
+        sst = load_shared_strings(pkg)
+        seg = Segments()
+        header_row = 0
+        headers: dict[int, str] = {}
+        colmap: dict[str, int] = {}
+        decided = False
+        wanted: set[int] | None = None
+        fast: re.Pattern[bytes] | None = None
+        early: list[Row] = []          # rows 1-10 above the header (or of a sheet without one)
+        rows: list[Row] = []
+        last_r = 0
+        for chunk in iter_sheet(pkg, info.part, False, seg):
+            sx = seg.sx
+            assert sx is not None
+            if not decided:
+                pos = 0
+                for r, _s0, s1, e in row_spans(chunk, sx):
+                    r = r if r is not None else last_r + 1
+                    if r > HEADER_SCAN_ROWS:
+                        decided = True
+                        break
+                    last_r, pos = r, e
+                    vals, _ = _parse_cells(chunk[s1:e], sx, sst, None)
+                    if any(isinstance(v, str) and normalize_header(v) == "strategy" for v in vals.values()):
+                        header_row = r
+                        headers = {c: str(v).strip() for c, v in sorted(vals.items())}
+                        for c, text in headers.items():
+                            colmap.setdefault(normalize_header(text), c)
+                        decided = True
+                        break
+                    if vals:
+                        early.append(Row(r, vals))
+                if not decided:
+                    continue
+                wanted, fast = _wanted(columns, colmap, sx)
+                if not header_row:
+                    rows = _only(early, wanted)
+                chunk = chunk[pos:]
+            last_r = _read_chunk(chunk, sx, sst, wanted, fast, rows, last_r)
+        if not decided:
+            wanted, _ = _wanted(columns, colmap, None)
+            rows = _only(early, wanted)
+        return Table(info.name, header_row, headers, colmap, rows)
+
+
+def _wanted(columns: list[str] | None, colmap: dict[str, int],
+            sx: Sx | None) -> tuple[set[int] | None, re.Pattern[bytes] | None]:
+    """The column indexes asked for, and a regex that finds only their cells."""
+    if columns is None:
+        wanted = None
+        letters = rb"[A-Z]{1,3}"
+    else:
+        wanted = {colmap[n] for n in (normalize_header(c) for c in columns) if n in colmap}
+        letters = b"|".join(col_letters(c).encode() for c in sorted(wanted)) or b"(?!)"
+    if sx is None:
+        return wanted, None
+    p = re.escape(sx.prefix)
+    return wanted, re.compile(
+        rb"<" + p + rb'c r="(' + letters + rb')(\d+)"([^>]*?)(?:/>|><' + p + rb"v>([^<]*)</" + p + rb"v></" + p
+        + rb"c>|><" + p + rb"is><" + p + rb't(?: xml:space="preserve")?>([^<]*)</' + p + rb"t></" + p + rb"is></"
+        + p + rb"c>|>(.*?)</" + p + rb"c>)", re.S)
+
+
+def _only(rows: list[Row], wanted: set[int] | None) -> list[Row]:
+    if wanted is None:
+        return rows
+    return [Row(r.number, {c: v for c, v in r.values.items() if c in wanted}) for r in rows]
+
+
+_COL_INDEX: dict[bytes, int] = {}
+
+
+def _col_of(letters: bytes) -> int:
+    c = _COL_INDEX.get(letters)
+    if c is None:
+        c = _COL_INDEX[letters] = col_index(letters)
+    return c
+
+
+def _read_chunk(chunk: bytes, sx: Sx, sst: SharedStrings, wanted: set[int] | None,
+                fast: re.Pattern[bytes] | None, rows: list[Row], last_r: int) -> int:
+    """Append the rows of one chunk that hold a value; returns the last row number seen.
+
+    The fast path needs every row and cell to carry its ``r`` first, as Excel, LibreOffice,
+    openpyxl and XlsxWriter write them; anything else is parsed cell by cell.
+    """
+    if fast is not None and not sx.no_r_re.search(chunk):
+        by_row: dict[bytes, dict[int, Value]] = {}
+        cell_value = sx.cell_value
+        v_open, v_close = sx.v_open, sx.v_close
+        strings = sst.strings
+        col_get = _COL_INDEX.get
+        cur: bytes = b""
+        d: dict[int, Value] = {}
+        v: Value | None
+        for letters, num, attrs, vtext, itext, inner in fast.findall(chunk):
+            if vtext:
+                if not attrs:
+                    try:
+                        v = int(vtext)
+                    except ValueError:
+                        v = parse_number(vtext)
+                elif b't="s"' in attrs:
+                    try:
+                        v = strings[int(vtext)]
+                    except (IndexError, ValueError):
+                        v = None
+                    if v is None:
+                        v = sst.get(int(vtext)) if vtext.isdigit() else None
+                    if not v:
+                        continue
+                elif b"t=" not in attrs or b't="n"' in attrs:
+                    v = parse_number(vtext)
+                else:
+                    v = cell_value(attrs, v_open + vtext + v_close, sst)
+            elif itext:
+                if b"&" in itext or b"_x" in itext or b"\r" in itext:
+                    v = xml_text(itext)
+                else:
+                    v = itext.decode("utf-8")
+            elif inner:
+                v = cell_value(attrs, inner, sst)
+            else:
+                continue
+            if v is None:
+                continue
+            if num != cur:
+                cur = num
+                d = by_row.get(num) or by_row.setdefault(num, {})
+            d[col_get(letters) or _col_of(letters)] = v
+        if by_row and len(by_row) == chunk.count(sx.row_tag):      # every row holds a wanted value
+            rows.extend([Row(int(nb), d) for nb, d in by_row.items()])
+            return int(next(reversed(by_row)))
+        value_re = sx.value_re
+        for nb in sx.row_num_re.findall(chunk):
+            d = by_row.get(nb)  # type: ignore[assignment]
+            if d is not None:
+                rows.append(Row(int(nb), d))
+            else:
+                start = chunk.find(sx.row_r + nb + b'"')
+                end = chunk.find(sx.row_tag, start + 1)
+                body = chunk[start:end if end >= 0 else len(chunk)]
+                if value_re.search(body) and _parse_cells(body, sx, sst, set())[1]:
+                    rows.append(Row(int(nb), {}))
+            last_r = int(nb)
+        return last_r
+    for r, _s0, s1, e in row_spans(chunk, sx):
+        r = r if r is not None else last_r + 1
+        last_r = r
+        if e == s1:
+            continue
+        vals, any_value = _parse_cells(chunk[s1:e], sx, sst, wanted)
+        if any_value:
+            rows.append(Row(r, vals))
+    return last_r
