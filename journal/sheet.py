@@ -251,7 +251,7 @@ def build_row(view: SheetView, values: dict[str, Any]) -> dict[int, xlsx.Value]:
     """Cells by column index for a row given by header name; unknown headers are skipped."""
     out: dict[int, xlsx.Value] = {}
     for name, v in values.items():
-        col = view.columns.get(_x().normalize_header(name))
+        col = view.columns.get(names.header_key(name))
         cv = cell_value(v)
         if col is not None and cv is not None and col not in out:
             out[col] = cv
@@ -267,7 +267,7 @@ def row_from_metadata(meta: dict[str, Any], strategy: str, run_id: str, txid: st
         for k, v in source.items():
             if v is None or isinstance(v, (list, dict)):
                 continue
-            row[_x().normalize_header(k)] = v
+            row[names.header_key(k)] = v
     for k in (STRATEGY, RUNID, TXID, COMMITTED_AT):
         row.pop(k, None)
     row[STRATEGY] = strategy

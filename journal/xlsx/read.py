@@ -6,21 +6,12 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from ..names import header_key as normalize_header
 from .constants import HEADER_SCAN_ROWS
 from .package import Package, SharedStrings, load_shared_strings
 from .ranges import col_index, col_letters
 from .scan import Segments, Sx, iter_sheet, row_spans
 from .text import Value, parse_number, xml_text
-
-
-def normalize_header(text: object) -> str:
-    """Header names match case-insensitively, ignoring spaces, ``_`` and ``-`` (SPEC §2)."""
-    if text is None:
-        return ""
-    s = str(text).strip().casefold()
-    for ch in (" ", "_", "-", "\t", "\n", "\r", "\u00a0"):
-        s = s.replace(ch, "")
-    return s
 
 
 @dataclass(frozen=True)
