@@ -297,6 +297,12 @@ def status_cmd(out: Out, older_than: str) -> None:
     s = res.sheet
     lines.append(f"sheet:     {s['path']}" + ("" if s["exists"] else " (missing)") +
                  (f" — LOCKED by {s['locked_by']}" if s["locked_by"] else " — free"))
+    if s["damage"]:
+        lines.append(f"           cannot be read: {s['damage']}")
+    if res.lost.rows:
+        lines.append(f"LOST ROWS: {res.lost.message}")
+        lines += [f"  {r['txid']}  {r['strategy']} (run {r['run_id']}), was row {r['row'] or '?'}"
+                  for r in res.lost.rows]
     if not res.transactions:
         lines.append("no open transactions")
     else:
@@ -351,11 +357,14 @@ class _Bar:
 @click.option("--older-than", metavar="DUR",
               help="With --purge-failed: the age, read from <ts>, past which a quarantined folder goes "
                    "(90s, 15m, 24h, 7d, 2w).")
+@click.option("--accept-sheet", is_flag=True,
+              help="Accept the sheet as it is when it looks like a stale save: quarantine the folders of the "
+                   "committed rows it lost (restorable with sop-restore) instead of changing nothing.")
 @click.option("--exit-code", is_flag=True,
               help="Exit 1 when a finding other than quarantined, in_flight or abandoned remains.")
 @common
 def sweep_cmd(out: Out, fix: bool, report: str | None, purge_failed: bool, older_than: str | None,
-              exit_code: bool) -> None:
+              accept_sheet: bool, exit_code: bool) -> None:
     """The janitor: compare the Master Sheet with backtests/*/ and runs/*/.
 
     Finds orphaned rows, zombie strategy folders and run snapshots, identity
@@ -371,7 +380,7 @@ def sweep_cmd(out: Out, fix: bool, report: str | None, purge_failed: bool, older
     bar = _Bar(float(os.environ.get("SOP_PROGRESS_DELAY", "0.5"))) if sys.stderr.isatty() and not out.quiet else None
     try:
         res = _call(out, lambda: janitor.sweep(root=out.root, fix=fix, report=report, purge_failed=purge_failed,
-                                               older_than=older_than, progress=bar))
+                                               older_than=older_than, accept_sheet=accept_sheet, progress=bar))
     finally:
         if bar is not None:
             bar.close()
@@ -406,7 +415,9 @@ def _sweep_summary(out: Out, res: Any) -> None:
             acted = sum(1 for f in fs if f.done)
             note = f"{acted} fixed" if any(f.steps for f in fs) else ""
         out.say(f"  {kind:<18} {n:>7}" + (f"   ({note})" if note else ""))
-    person = [f for f in res.remaining if f.kind in ("duplicate_row", "identity_mismatch", "unsafe_entry")]
+    if res.lost.rows:
+        out.say(f"LOST ROWS: {res.lost.message}", fg="red", bold=True)
+    person = res.needs_person
     if person:
         out.say(f"Needs a person: {len(person)} finding(s); see the report's 'Needs a person' section.", fg="yellow")
     out.say(f"Report: {res.report}")

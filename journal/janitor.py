@@ -71,16 +71,15 @@ from typing import Any
 
 import msgspec
 
-from . import fsops, locks, names, sheet, txn, wal
+from . import fsops, ledger, locks, names, sheet, txn, wal
 from .errors import UsageError
-from .owner import owner_of
 from .render import NOT_JSON
 from .txn import Progress, Session
 from .when import parse_duration
 from .workspace import RootArg, Workspace, open_workspace
 
-KINDS = ("orphaned_row", "zombie_folder", "zombie_run", "identity_mismatch", "duplicate_row", "quarantined",
-         "in_flight", "abandoned", "unsafe_entry")
+KINDS = ("orphaned_row", "zombie_folder", "zombie_run", "identity_mismatch", "lost_row", "duplicate_row",
+         "quarantined", "in_flight", "abandoned", "unsafe_entry")
 BENIGN = frozenset({"quarantined", "in_flight", "abandoned"})     # never make --exit-code fail
 NEEDS_PERSON = ("duplicate_row", "identity_mismatch", "unsafe_entry")
 RECOVERY_OLDER_THAN = timedelta(hours=24)                          # sop-recover's default
@@ -116,6 +115,7 @@ class SweepResult:
     report: str
     txid: str | None = None
     recovery: list[Any] = field(default_factory=list)          # what recovery did first (recovery.Action)
+    lost: txn.LostReport = field(default_factory=txn.LostReport)   # committed rows the sheet lost
     rows: int = field(default=0, metadata=NOT_JSON)
     folders: int = field(default=0, metadata=NOT_JSON)
 
@@ -129,6 +129,12 @@ class SweepResult:
     @property
     def remaining(self) -> list[Finding]:
         return [f for f in self.findings if f.kind not in BENIGN and not f.done]
+
+    @property
+    def needs_person(self) -> list[Finding]:
+        """What the sweep leaves for a person: duplicates, mismatches, unsafe entries, lost rows it held back."""
+        return [f for f in self.findings if not f.done and (f.kind in NEEDS_PERSON or
+                                                            (f.kind == "lost_row" and not f.steps))]
 
     @property
     def json_extra(self) -> dict[str, Any]:
@@ -309,11 +315,16 @@ def _fmt_age(d: timedelta) -> str:
 
 def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], *, now: datetime,
              recovery_actions: dict[str, Any] | None = None, purge_older_than: timedelta | None = None,
-             report_path: Path | None = None, progress: Progress | None = None) -> _Plan:
+             report_path: Path | None = None, progress: Progress | None = None,
+             lost: ledger.Lost | None = None, accept_sheet: bool = False) -> _Plan:
     """Compare the sheet with ``backtests/`` and ``runs/``; the findings and the plan that fixes them.
 
     Reads, never writes.  ``recovery_actions`` (txid -> recovery Action) turns
     the held folders of those transactions into ``abandoned`` findings.
+    ``lost`` (committed rows missing from the sheet) turns their folders
+    into ``lost_row`` findings: quarantined, never deleted, and when the
+    sheet looks like a stale save (unless ``accept_sheet``) nothing at all is
+    planned.
     """
     plan = _Plan(rows=len(view.numbers))
     tick = progress or (lambda phase, done, total: None)
@@ -481,6 +492,37 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
                              detail=f"{top}/ is {why}: rows were not checked against the disk and nothing was "
                                     "removed (is a drive not mounted?)"))
 
+    # ---- committed rows the sheet lost: their folders are theirs, not zombies
+    lost_keys: set[tuple[str, str]] = set()
+    stale = bool(lost and lost.rows and lost.stale_save and not accept_sheet)
+    for lr in (lost.rows if lost else []):
+        sk, rk = names.key(lr.strategy), names.key(lr.run_id)
+        free_s = sk not in indexed_s and sk not in protected[bt_rel]          # no row indexes the folder
+        free_r = rk not in indexed_r and rk not in protected[rn_rel]
+        cands = [(bt_rel, n) for n in bt_folders.get(sk, []) if free_s]
+        cands += [(rn_rel, n) for n in rn_folders.get(rk, []) if free_r]
+        mine = [(t, n) for t, n in cands if (t, names.key(n)) not in by_key]
+        cause = ("the sheet looks like a stale save (the newest rows sop wrote are the ones missing)"
+                 if lost and lost.stale_save else "its row was removed without a journaled removal")
+        detail = f"committed by {lr.txid} (row {lr.row or '?'}); {cause}"
+        path = f"{mine[0][0]}/{mine[0][1]}" if mine else f"{bt_rel}/{lr.strategy}"
+        steps: list[dict[str, Any]] = []
+        if stale:
+            action = ("none: restore the rows with 'sop-restore', or accept the sheet as it is with "
+                      "'sop-sweep --fix --accept-sheet'")
+        else:
+            for t, n in mine:
+                dst = txn.quarantine_name(ws.root / t / n, now)
+                steps.append({"op": "rename", "src": f"{t}/{n}", "dst": ws.rel(dst), "finding": "lost_row",
+                              "txid": lr.txid, "strategy": lr.strategy, "run_id": lr.run_id})
+            steps.append({"op": "accept_lost", "txid": lr.txid, "strategy": lr.strategy, "run_id": lr.run_id,
+                          "strategy_dir": next((f"{t}/{n}" for t, n in mine if t == bt_rel), ""),
+                          "run_dir": next((f"{t}/{n}" for t, n in mine if t == rn_rel), "")})
+            action = (f"quarantine {', '.join(s['src'] for s in steps if s['op'] == 'rename') or 'nothing'}; "
+                      f"'sop-restore {lr.txid}' puts it back")
+        plan.add(Finding("lost_row", lr.strategy, lr.run_id, path, action, detail=detail, row=lr.row or None), *steps)
+        lost_keys |= {(t, names.key(n)) for t, n in mine}
+
     # ---- folders: zombies, and those held by open transactions
     zombie_action = ws.config.zombie_action
     for top, kind in ((bt_rel, "zombie_folder"), (rn_rel, "zombie_run")):
@@ -493,8 +535,8 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
                 if h is not None:
                     held(h, path)
                     continue
-                if exact is not None or k in protected[top]:
-                    continue                            # indexed (a case twin was reported above)
+                if exact is not None or k in protected[top] or (top, k) in lost_keys:
+                    continue                            # indexed (a case twin was reported above), or a lost row's
                 row = cascade.get((top, k))
                 detail = (f"left behind by orphaned row {row}" if row is not None
                           else f"no row has {'strategy' if kind == 'zombie_folder' else 'run id'} '{name}'")
@@ -537,6 +579,12 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
         if f.kind == "identity_mismatch" and f.row in cascaded and f.action.startswith(CASCADE):
             f.steps = [i for g in plan.findings if g.row == f.row and g.kind in ("orphaned_row", "zombie_folder")
                        for i in g.steps]
+    if stale:                                           # a stale save: the sheet is not the truth now, change nothing
+        for f in plan.findings:
+            if f.steps:
+                f.action = f"held back: {f.action} (the sheet looks like a stale save; restore or accept it first)"
+                f.steps = []
+        plan.steps = []
     plan.findings.sort(key=lambda f: (KINDS.index(f.kind), f.row or 0, f.path))
     return plan
 
@@ -621,14 +669,17 @@ def _same(value: Any, text: str) -> bool:
 # ---------------------------------------------------------------- the sweep
 
 def sweep(*, root: RootArg = None, fix: bool = False, report: str | os.PathLike[str] | None = None,
-          purge_failed: bool = False, older_than: str | timedelta | None = None, now: datetime | None = None,
-          env: dict[str, str] | None = None, progress: Progress | None = None,
+          purge_failed: bool = False, older_than: str | timedelta | None = None, accept_sheet: bool = False,
+          now: datetime | None = None, env: dict[str, str] | None = None, progress: Progress | None = None,
           sleep: Callable[[float], None] = time.sleep) -> SweepResult:
     """Compare the Master Sheet with ``backtests/`` and ``runs/``; with ``fix``, repair in one transaction.
 
     A dry run (the default) writes only the report.  ``purge_failed`` with
     ``older_than`` plans (with ``fix``: does) the deletion of quarantined
     ``_FAILED_<ts>`` folders older than that, by the time in their name.
+    Committed rows missing from the sheet are ``lost_row`` findings: their
+    folders are quarantined, never deleted; when the sheet looks like a stale
+    save, ``fix`` changes nothing at all unless ``accept_sheet``.
     Raises UsageError (exit 2) for a purge without an age, SheetLocked
     (exit 3, nothing changed by the sweep) when rows are to be removed and a
     person holds the sheet through every attempt.
@@ -650,34 +701,32 @@ def sweep(*, root: RootArg = None, fix: bool = False, report: str | os.PathLike[
         j = wal.load(ws)
         actions, _live = _recovery_plan(ws, j, now)
         view = sheet.read(ws)
+        lost, ledger_rows = txn.lost_rows(ws, j, view)
         plan = classify(ws, view, j.open_transactions(), now=now, recovery_actions=actions, purge_older_than=ot,
-                        report_path=report_path, progress=progress)
+                        report_path=report_path, progress=progress, lost=lost, accept_sheet=accept_sheet)
+        result.lost = txn.lost_report(ws, lost)
     else:
         from . import recovery
         rec = recovery.recover(root=ws, now=now, env=env, sleep=sleep)
         result.recovery = rec.actions
-        who = None
-        for _ in txn.attempts(ws, sleep):
-            with session.sheet_writer(), session.locked() as w:
-                view = sheet.read(ws)
-                plan = classify(ws, view, w.j.open_transactions(), now=now, purge_older_than=ot,
-                                report_path=report_path, progress=progress)
-                if any(s["op"] == "remove_row" for s in plan.steps):
-                    who = locks.sheet_locked_by(ws.sheet)
-                    if who is not None:
-                        continue
-                if plan.steps:
-                    result.txid = txn.new_txid(now)
-                    owner = txn.owner_record(owner_of(os.getpid()))
-                    w.append(result.txid, "plan", {"steps": plan.steps, "owner": owner,
-                                                   "zombie_action": ws.config.zombie_action, "sweep": 1}, now=now)
-                    skipped = txn.execute_plan(w, result.txid, now, progress)
-                    _mark_done(plan, skipped)
-                break
-        else:
-            n = sum(1 for s in plan.steps if s["op"] == "remove_row")
-            raise txn.locked_out(ws, who or "unknown user",
-                              f"the sweep would remove {n} row(s), so it changed nothing")
+        plan = _Plan()
+
+        def make(w: wal.Writer) -> list[dict[str, Any]]:
+            nonlocal plan
+            view = sheet.read(ws)
+            lost, _rows = txn.lost_rows(ws, w.j, view)
+            plan = classify(ws, view, w.j.open_transactions(), now=now, purge_older_than=ot,
+                            report_path=report_path, progress=progress, lost=lost, accept_sheet=accept_sheet)
+            result.lost = txn.lost_report(ws, lost)
+            return plan.steps
+
+        def what(steps: list[dict[str, Any]]) -> str:
+            n = sum(1 for s in steps if s["op"] == "remove_row")
+            return f"the sweep would remove {n} row(s), so it changed nothing"
+        result.txid, skipped = txn.run_plan(session, make, kind="sweep", now=now, sleep=sleep, progress=progress,
+                                            what=what, extra={"zombie_action": ws.config.zombie_action})
+        if result.txid is not None:
+            _mark_done(plan, skipped)
     result.findings, result.rows, result.folders = plan.findings, plan.rows, plan.folders
     write_report(result, report_path)
     return result
@@ -719,6 +768,7 @@ def render_report(r: SweepResult) -> str:
            f"- **Checked:** {r.rows} sheet row(s), {r.folders} entr{'y' if r.folders == 1 else 'ies'} "
            "under backtests/ and runs/",
            f"- **Remaining findings** (other than quarantined, in flight, abandoned): {len(r.remaining)}",
+           *([f"- **Lost rows:** {_md(r.lost.message)}"] if r.lost.rows else []),
            "", "## Counts", "", "| finding | count | " + ("planned |" if r.dry_run else "done |"),
            "|---|---:|---:|"]
     counts = r.counts
@@ -726,7 +776,7 @@ def render_report(r: SweepResult) -> str:
         acted = sum(1 for f in r.findings if f.kind == k and (f.steps if r.dry_run else f.done))
         out.append(f"| {k} | {counts[k]} | {acted} |")
     out += ["", "## Needs a person", ""]
-    person = [f for f in r.findings if f.kind in NEEDS_PERSON and not f.done]
+    person = r.needs_person
     if not person:
         out.append("Nothing.")
     for f in person:

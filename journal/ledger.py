@@ -15,7 +15,11 @@ newest rows are known), ``row`` the sheet row it went to.  Records change it
 * ``remove_row`` (a sweep or ``sop-release`` removes a row, its values kept
   in the record) takes it away when the strategy matches;
 * ``restored`` (``sop-restore`` put a lost row back, the original txid in
-  its data) adds it again.
+  its data) adds it again;
+* ``lost_accepted`` (a sweep quarantined a lost row's folders: the sheet is
+  accepted as it is) marks it accepted, with where its folders went, so it
+  is no longer expected on the sheet but ``sop-restore`` can still put it back;
+* ``released`` (``sop-release`` freed the strategy's slot) takes it away.
 
 A row of the ledger that is not on the sheet is a *lost row*: a stale save,
 a hand edit or a sheet replaced, never a journaled act.
@@ -49,6 +53,8 @@ class Entry(msgspec.Struct, array_like=True, frozen=True):
     run_id: str
     seq: int
     row: int = 0
+    accepted: bool = False           # its loss was accepted (a sweep quarantined its folders): not expected
+    moved: dict[str, str] = {}       # where that sweep put its folders (old path -> quarantined path)
 
 
 class File(msgspec.Struct, kw_only=True):
@@ -61,7 +67,7 @@ class File(msgspec.Struct, kw_only=True):
 _decode = msgspec.msgpack.Decoder(File).decode
 _encode = msgspec.msgpack.Encoder().encode
 
-Op = tuple[str, str, Any]        # ("add", key, Entry) | ("remove", key, strategy key)
+Op = tuple[str, str, Any]   # ("add", key, Entry) | ("remove", key, strategy key) | ("accept", key, (skey, moved))
 
 
 def op_of(rec: Any, kind: str, strategy: str, run_id: str) -> Op | None:
@@ -72,7 +78,12 @@ def op_of(rec: Any, kind: str, strategy: str, run_id: str) -> Op | None:
         return ("add", names.key(run_id), Entry(rec.txid, strategy, run_id, rec.seq, int(d.get("row_number", 0) or 0)))
     if t == "remove_row" and d.get("run_id") is not None:
         return ("remove", names.key(names.cell_text(d["run_id"])), names.key(names.cell_text(d.get("strategy"))))
-    if t == "restored":
+    if t == "released":
+        return ("remove", names.key(names.cell_text(d.get("run_id"))), names.key(names.cell_text(d.get("strategy"))))
+    if t == "lost_accepted":
+        return ("accept", names.key(names.cell_text(d.get("run_id"))),
+                (names.key(names.cell_text(d.get("strategy"))), dict(d.get("moved") or {})))
+    if t == "restored" and d.get("txid"):            # a row put back by a sweep's undo has no txid of its own
         s, r = names.cell_text(d.get("strategy")), names.cell_text(d.get("run_id"))
         return ("add", names.key(r), Entry(str(d.get("txid", "")), s, r, rec.seq, int(d.get("row_number", 0) or 0)))
     return None
@@ -82,10 +93,13 @@ def apply_op(rows: dict[str, Entry], op: Op) -> None:
     what, key, arg = op
     if what == "add":
         rows[key] = arg
-    else:
-        cur = rows.get(key)
+        return
+    cur = rows.get(key)
+    if what == "remove":
         if cur is not None and names.key(cur.strategy) == arg:
             del rows[key]
+    elif cur is not None and names.key(cur.strategy) == arg[0]:
+        rows[key] = msgspec.structs.replace(cur, accepted=True, moved=arg[1])
 
 
 def path(sop_dir: Path) -> Path:
@@ -129,9 +143,9 @@ class Lost(msgspec.Struct, kw_only=True):
 
 def find_lost(rows: dict[str, Entry], present: set[str]) -> Lost:
     """Which ledger rows are missing from a sheet whose run keys are ``present``."""
-    missing = sorted((e for k, e in rows.items() if k not in present), key=lambda e: e.seq)
-    if not missing:
-        return Lost(on_sheet=len(rows))
+    missing = sorted((e for k, e in rows.items() if k not in present and not e.accepted), key=lambda e: e.seq)
     kept = [e.seq for k, e in rows.items() if k in present]
+    if not missing:
+        return Lost(on_sheet=len(kept))
     stale = not kept or min(e.seq for e in missing) > max(kept)
     return Lost(rows=missing, on_sheet=len(kept), stale_save=stale)

@@ -522,6 +522,7 @@ class StatusResult:
     transactions: list[TxInfo]
     sheet: dict[str, Any]
     journal: dict[str, Any]
+    lost: txn.LostReport = field(default_factory=txn.LostReport)   # committed rows the sheet no longer holds
 
 
 def status(*, root: RootArg = None, older_than: str | timedelta = "24h", now: datetime | None = None,
@@ -531,7 +532,10 @@ def status(*, root: RootArg = None, older_than: str | timedelta = "24h", now: da
     ws = open_workspace(root, env)
     ot = parse_duration(older_than)
     journal: dict[str, Any] = {"ok": True, "records": 0, "torn": None, "damage": None}
+    sheet_doc: dict[str, Any] = {"path": ws.rel(ws.sheet), "locked_by": locks.sheet_locked_by(ws.sheet),
+                                 "exists": ws.sheet.exists(), "damage": None, "lost_rows": 0}
     txs: list[TxInfo] = []
+    lost = txn.LostReport()
     try:
         j = wal.load(ws)
         journal["records"] = j.seq
@@ -542,5 +546,14 @@ def status(*, root: RootArg = None, older_than: str | timedelta = "24h", now: da
     except SopError as e:
         journal["ok"] = False
         journal["damage"] = e.message
-    return StatusResult(str(ws.root), txs, {"path": ws.rel(ws.sheet), "locked_by": locks.sheet_locked_by(ws.sheet),
-                                            "exists": ws.sheet.exists()}, journal)
+    else:
+        try:
+            found, _rows = txn.lost_rows(ws, j, sheet.read(ws))
+            lost = txn.lost_report(ws, found)
+        except SopError as e:
+            sheet_doc["damage"] = e.message
+            if not ws.sheet.exists() and (rows := wal.committed_rows(ws, j)):
+                sheet_doc["damage"] += (f"; the journal holds {len(rows)} committed row(s): restore the sheet from "
+                                        "a backup, or rebuild it with 'sop init --from-journal'")
+    sheet_doc["lost_rows"] = len(lost.rows)
+    return StatusResult(str(ws.root), txs, sheet_doc, journal, lost)

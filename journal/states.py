@@ -35,5 +35,7 @@ TRANSITIONS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "done": (("planned",), "committed"),
     "adopt": (("begun",), "committed"),         # recovery found the begun run's row on the sheet
     "restored": (("planned",), None),            # sop-restore put a committed run's lost row back
+    "lost_accepted": (("planned",), None),       # a sweep quarantined a lost row's folders: the sheet is accepted
+    "released": (("planned",), None),            # sop-release freed a strategy's slot
     "abandon": (("planned",), "aborted"),        # a sweep whose plan could not go on, given up by a person
 }

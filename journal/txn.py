@@ -30,13 +30,13 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from . import fsops, locks, names, sheet, wal
+from . import fsops, ledger, locks, names, sheet, wal
 from .errors import NoSuchTransaction, Refused, SheetLocked, WrongState
-from .owner import Owner, is_abandoned, liveness, pid_running
+from .owner import Owner, is_abandoned, liveness, owner_of, pid_running
 from .states import DECIDED_STATES
 from .workspace import Workspace
 
@@ -248,6 +248,7 @@ def flush(session: Session, *, want: str | None = None, now: datetime | None = N
                     continue
                 for t in todo:
                     w.append(t.txid, "append", {"row": t.row, "sheet": ws.rel(ws.sheet)}, now=now)
+                w.anchor()
             if todo:
                 try:
                     numbers = sheet.append(ws, [t.row or {} for t in todo], view)
@@ -385,21 +386,32 @@ def row_values(view: sheet.SheetView, r: sheet.SheetRow) -> dict[str, Any]:
     return {view.headers.get(c) or col_letters(c): v for c, v in sorted(r.values.items())}
 
 
-def execute_plan(w: wal.Writer, txid: str, now: datetime, progress: Progress | None = None) -> dict[int, str]:
-    """Do what a sweep's plan still needs, each step announced first; returns ``{step: why skipped}``.
+FOLDER_OPS = ("delete", "rename")
 
-    The caller holds the sheet-writer lock and the workspace lock, and has
-    checked that no person holds the sheet when rows are to go.
+
+def execute_plan(w: wal.Writer, txid: str, now: datetime, progress: Progress | None = None) -> dict[int, str]:
+    """Do what a plan (a sweep, a release, a restore) still needs, each step announced first.
+
+    Returns ``{step: why skipped}``.  The caller holds the sheet-writer lock
+    and the workspace lock, and has checked that no person holds the sheet
+    when rows are to go or come back.  The phases, in order: folders coming
+    back from quarantine (a restore), rows removed (one rewrite), rows put
+    back (one rewrite), folders deleted or quarantined, then the records that
+    change the ledger of committed rows (``lost_accepted``, ``released``).
+    Every step looks before it acts, so a redo after a crash is safe.
     """
     ws = w.ws
     tick = progress or (lambda phase, done, total: None)
     tx = w.states[txid]
     steps = list(tx.plan)
     skipped: dict[int, str] = {}
-    row_steps = [(i, s) for i, s in enumerate(steps) if s.get("op") == "remove_row"]
     announced_ren = dict(tx.renames)          # a redo renames to the destination already on record, if free
     done_before = set(tx.deleted) | set(announced_ren)
+    back = [(i, s) for i, s in enumerate(steps) if s.get("op") == "rename" and s.get("finding") == "restore"]
+    for i, s in back:
+        _folder_step(w, txid, i, s, announced_ren, done_before, None, set(), skipped, now)
     present: tuple[set[str], set[str]] | None = None
+    row_steps = [(i, s) for i, s in enumerate(steps) if s.get("op") == "remove_row"]
     if row_steps:
         full = sheet.read(ws, all_columns=True)
         numbers: list[int] = []
@@ -409,21 +421,26 @@ def execute_plan(w: wal.Writer, txid: str, now: datetime, progress: Progress | N
                 skipped[i] = "the row is no longer on the sheet"
                 continue
             w.append(txid, "remove_row", {"step": i, "row_number": r.number, "strategy": r.strategy,
-                                          "run_id": r.run_id, "values": row_values(full, r)}, now=now)
+                                          "run_id": r.run_id, "values": row_values(full, r),
+                                          "finding": s.get("finding", "")}, now=now)
             numbers.append(r.number)
         if numbers:
             tick("removing rows", 0, len(numbers))
+            w.anchor()
             try:
                 sheet.remove(ws, sorted(set(numbers)))
             except PermissionError as e:
-                raise SheetLocked(f"the Master Sheet could not be written ({e.strerror}); the sweep is unfinished",
-                                  detail=f"Close the sheet, then run 'sop-recover' to finish sweep {txid}.") from None
+                raise SheetLocked(f"the Master Sheet could not be written ({e.strerror}); {txid} is unfinished",
+                                  detail=f"Close the sheet, then run 'sop-recover' to finish {txid}.") from None
             gone = set(numbers)
             present = present_keys(sheet.SheetView(full.path, full.worksheet, full.header_row, full.headers,
                                                    full.columns, [r for r in full.rows if r.number not in gone]))
         else:
             present = present_keys(full)
-    folder_steps = [(i, s) for i, s in enumerate(steps) if s.get("op") in ("delete", "rename")]
+    restore = [(i, s) for i, s in enumerate(steps) if s.get("op") == "restore_row"]
+    if restore:
+        present = _restore_rows(w, txid, restore, skipped, now)
+    folder_steps = [(i, s) for i, s in enumerate(steps) if s.get("op") in FOLDER_OPS and (i, s) not in back]
     if folder_steps and present is None:
         present = present_keys(sheet.read(ws))
     held: set[tuple[str, str]] = set()
@@ -433,52 +450,113 @@ def execute_plan(w: wal.Writer, txid: str, now: datetime, progress: Progress | N
     for n, (i, s) in enumerate(folder_steps):
         if not n % 256:
             tick("cleaning folders", n, len(folder_steps))
-        rel = s["path"] if s["op"] == "delete" else s["src"]
-        target = safe_target(ws, rel)
-        if target is None:
-            skipped[i] = f"{rel} is not a folder directly under backtests/ or runs/"
-            continue
-        if not os.path.lexists(target):
-            skipped[i] = "already gone" if rel in done_before else "not there"
-            continue
-        if target.is_symlink() or not target.is_dir():
-            skipped[i] = "no longer a real folder"
-            continue
-        top, _, name = rel.rpartition("/")
-        if s.get("finding") in ZOMBIE_KINDS:
-            assert present is not None
-            keys = present[0] if top == ws.rel(ws.backtests) else present[1]
-            if names.key(name) in keys:
-                skipped[i] = "a row indexes it now"
-                continue
-            if (top, names.key(name)) in held:
-                skipped[i] = "an open transaction holds it now"
-                continue
-        # Announced every time it is about to happen: after a crash the folder may not be the one announced.
-        if s["op"] == "delete":
-            w.append(txid, "delete", {"step": i, "path": rel, "files": fsops.file_list(target),
-                                      "finding": s.get("finding", "")}, now=now)
-            fsops.rmtree(target)
-        else:
-            dst_rel = announced_ren.get(rel) or s["dst"]
-            dst = safe_target(ws, dst_rel)
-            if dst is None or os.path.lexists(dst):
-                dst = quarantine_name(target, now)
-                dst_rel = ws.rel(dst)
-            w.append(txid, "rename", {"step": i, "src": rel, "dst": dst_rel, "finding": s.get("finding", "")},
-                     now=now)
-            fsops.rename(target, dst)
+        _folder_step(w, txid, i, s, announced_ren, done_before, present, held, skipped, now)
+    for i, s in enumerate(steps):
+        if s.get("op") in ("accept_lost", "release"):
+            moved = {k: v for k, v in w.states[txid].renames.items()
+                     if k in (s.get("strategy_dir"), s.get("run_dir"))}
+            deleted = [p for p in w.states[txid].deleted if p in (s.get("strategy_dir"), s.get("run_dir"))]
+            kind = "lost_accepted" if s["op"] == "accept_lost" else "released"
+            w.append(txid, kind, {"step": i, "txid": s.get("txid", ""), "strategy": s.get("strategy", ""),
+                                  "run_id": s.get("run_id", ""), "moved": moved, "deleted": deleted}, now=now)
     w.append(txid, "done", {"steps": len(steps), "skipped": {str(k): v for k, v in skipped.items()}}, now=now)
     return skipped
 
 
+def _folder_step(w: wal.Writer, txid: str, i: int, s: dict[str, Any], announced_ren: dict[str, str],
+                 done_before: set[str], present: tuple[set[str], set[str]] | None, held: set[tuple[str, str]],
+                 skipped: dict[int, str], now: datetime) -> None:
+    """Delete or rename one folder of a plan, looking first (see :func:`execute_plan`)."""
+    ws = w.ws
+    rel = s["path"] if s["op"] == "delete" else s["src"]
+    target = safe_target(ws, rel)
+    if target is None:
+        skipped[i] = f"{rel} is not a folder directly under backtests/ or runs/"
+        return
+    if not os.path.lexists(target):
+        skipped[i] = "already gone" if rel in done_before else "not there"
+        return
+    if target.is_symlink() or not target.is_dir():
+        skipped[i] = "no longer a real folder"
+        return
+    top, _, name = rel.rpartition("/")
+    if s.get("finding") in ZOMBIE_KINDS:
+        assert present is not None
+        keys = present[0] if top == ws.rel(ws.backtests) else present[1]
+        if names.key(name) in keys:
+            skipped[i] = "a row indexes it now"
+            return
+        if (top, names.key(name)) in held:
+            skipped[i] = "an open transaction holds it now"
+            return
+    extra: dict[str, Any] = {k: s[k] for k in ("txid", "strategy", "run_id") if k in s}
+    # Announced every time it is about to happen: after a crash the folder may not be the one announced.
+    if s["op"] == "delete":
+        w.append(txid, "delete", {"step": i, "path": rel, "files": fsops.file_list(target),
+                                  "finding": s.get("finding", ""), **extra}, now=now)
+        fsops.rmtree(target)
+        return
+    dst_rel = announced_ren.get(rel) or s["dst"]
+    dst = safe_target(ws, dst_rel)
+    if dst is None or os.path.lexists(dst):
+        if s.get("finding") == "restore":
+            skipped[i] = f"{s['dst']} is taken"
+            return
+        dst = quarantine_name(target, now)
+        dst_rel = ws.rel(dst)
+    w.append(txid, "rename", {"step": i, "src": rel, "dst": dst_rel, "finding": s.get("finding", ""), **extra},
+             now=now)
+    fsops.rename(target, dst)
+
+
+def _restore_rows(w: wal.Writer, txid: str, restore: list[tuple[int, dict[str, Any]]], skipped: dict[int, str],
+                  now: datetime) -> tuple[set[str], set[str]]:
+    """Put rows back from the journal (``sop-restore``) in one rewrite; a row already there is only recorded."""
+    ws = w.ws
+    view = sheet.read(ws)
+    todo: list[tuple[int, dict[str, Any]]] = []
+    for i, s in restore:
+        here = view.run_rows(s["run_id"])
+        if here and names.key(here[0].strategy) == names.key(s["strategy"]):
+            if not any(d.get("step") == i for d in w.states[txid].restored):
+                w.append(txid, "restored", {"step": i, "txid": s.get("txid", ""), "strategy": s["strategy"],
+                                            "run_id": s["run_id"], "row_number": here[0].number}, now=now)
+            continue                                     # redo: the row is there already
+        if here or view.strategy_rows(s["strategy"]):
+            taken = (here or view.strategy_rows(s["strategy"]))[0]
+            skipped[i] = f"row {taken.number} holds '{taken.strategy}' (run {taken.run_id}) now"
+            continue
+        try:
+            sheet.check_row(view, s["row"])
+        except Refused as e:
+            skipped[i] = e.message
+            continue
+        todo.append((i, s))
+    if todo:
+        for i, s in todo:
+            w.append(txid, "append", {"step": i, "row": s["row"], "sheet": ws.rel(ws.sheet)}, now=now)
+        w.anchor()
+        try:
+            numbers = sheet.append(ws, [s["row"] for _, s in todo], view)
+        except PermissionError as e:
+            raise SheetLocked(f"the Master Sheet could not be written ({e.strerror}); {txid} is unfinished",
+                              detail=f"Close the sheet, then run 'sop-recover' to finish {txid}.") from None
+        for (i, s), n in zip(todo, numbers, strict=True):
+            w.append(txid, "restored", {"step": i, "txid": s.get("txid", ""), "strategy": s["strategy"],
+                                        "run_id": s["run_id"], "row_number": n}, now=now)
+        view = sheet.read(ws)
+    return present_keys(view)
+
+
 def rows_pending(ws: Workspace, steps: Iterable[dict[str, Any]]) -> bool:
-    """Whether any remove_row step of a plan still has its row on the sheet."""
+    """Whether a plan still has a row to remove or to put back (so it needs the sheet unlocked)."""
+    steps = list(steps)
     rows = [s for s in steps if s.get("op") == "remove_row"]
-    if not rows:
+    back = [s for s in steps if s.get("op") == "restore_row"]
+    if not rows and not back:
         return False
     view = sheet.read(ws)
-    return any(match_row(view, s) is not None for s in rows)
+    return any(match_row(view, s) is not None for s in rows) or any(not view.run_rows(s["run_id"]) for s in back)
 
 
 def finish_plan(session: Session, txid: str, *, now: datetime,
@@ -502,3 +580,73 @@ def finish_plan(session: Session, txid: str, *, now: datetime,
             execute_plan(w, txid, now)
             return
     raise locked_out(ws, who or "unknown user", f"sweep {txid} still has rows to remove")
+
+
+# ---------------------------------------------------------------- what the sheet should hold
+
+@dataclass
+class LostReport:
+    """Committed rows missing from the sheet without a journaled removal (see :mod:`journal.ledger`)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)   # txid, strategy, run_id, row (where it was)
+    stale_save: bool = False
+    message: str = ""
+
+
+def lost_rows(ws: Workspace, j: wal.Loaded, view: sheet.SheetView) -> tuple[ledger.Lost, dict[str, ledger.Entry]]:
+    """What the ledger says the sheet should hold and does not, and the ledger itself."""
+    rows = wal.committed_rows(ws, j)
+    return ledger.find_lost(rows, set(view.keylists()[1])), rows
+
+
+def lost_report(ws: Workspace, lost: ledger.Lost) -> LostReport:
+    """A person's view of lost rows: which, the likely cause, and what to do."""
+    if not lost.rows:
+        return LostReport()
+    try:
+        saved = datetime.fromtimestamp(ws.sheet.stat().st_mtime, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except OSError:
+        saved = None
+    what = ("'sop-restore' puts them back (their values are in the journal); "
+            "'sop-sweep --fix --accept-sheet' accepts the sheet as it is (their folders are quarantined, "
+            "still restorable)") if lost.stale_save else \
+        ("'sop-restore' puts them back; 'sop-sweep --fix' quarantines their folders (restorable); "
+         "'sop-release STRATEGY' frees a slot for good")
+    return LostReport([{"txid": e.txid, "strategy": e.strategy, "run_id": e.run_id, "row": e.row} for e in lost.rows],
+                      lost.stale_save, f"{lost.message(ws.rel(ws.sheet), saved)}. Action: {what}.")
+
+
+# ---------------------------------------------------------------- running a plan
+
+ROW_OPS = ("remove_row", "restore_row")
+
+
+def run_plan(session: Session, make: Callable[[wal.Writer], list[dict[str, Any]]], *, kind: str,
+             now: datetime, sleep: Callable[[float], None] = time.sleep, progress: Progress | None = None,
+             what: Callable[[list[dict[str, Any]]], str] | None = None,
+             extra: dict[str, Any] | None = None) -> tuple[str | None, dict[int, str]]:
+    """Plan under the locks, journal the plan, and carry it out: one transaction (a sweep, a release, a restore).
+
+    ``make(w)`` looks at the workspace (the sheet writer's lock and the
+    workspace lock held) and returns the steps; an empty plan journals
+    nothing and returns no txid.  A plan with rows to change waits for a
+    person to close the sheet, through ``[lock].retries`` attempts, then
+    raises SheetLocked having changed nothing.
+    """
+    ws = session.ws
+    who: str | None = None
+    steps: list[dict[str, Any]] = []
+    for _ in attempts(ws, sleep):
+        with session.sheet_writer(), session.locked() as w:
+            steps = make(w)
+            if any(s["op"] in ROW_OPS for s in steps):
+                who = locks.sheet_locked_by(ws.sheet)
+                if who is not None:
+                    continue
+            if not steps:
+                return None, {}
+            txid = new_txid(now)
+            w.append(txid, "plan", {"steps": steps, "owner": owner_record(owner_of(os.getpid())), **(extra or {}),
+                                    kind: 1}, now=now)
+            return txid, execute_plan(w, txid, now, progress)
+    raise locked_out(ws, who or "unknown user", what(steps) if what else "rows were to change, so nothing was done")

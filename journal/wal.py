@@ -58,6 +58,26 @@ each transaction still open at its end, so a writer reads the checkpoint and
 the segments after it, never the whole history.  A missing or unusable
 checkpoint only costs time: the journal is replayed from the start.
 
+Anchor
+======
+``.sop/anchor.json`` (replaced atomically)::
+
+    {"seq":N,"hash":"<hash of record N's line>"}
+
+How far the journal is known to have come, kept outside the segments:
+written by ``sop init`` (record 0), when a segment is sealed, and by a sheet
+writer after it announced its rows and before it rewrites the sheet — never
+for a record that could still be torn.  A journal that ends before its
+anchor (``.sop/journal/`` missing, a segment emptied, the journal restored
+from a backup older than the anchor) or holds another record at the anchor's
+place is *damage*: commands that write refuse (exit 5) and ``sop-fsck``
+names it.  A workspace without an anchor (made before anchors) is accepted.
+
+Ledger
+======
+``.sop/ledger.msgpack``: the committed rows the sheet should hold, as of the
+checkpoint (see :mod:`journal.ledger`).
+
 Index
 =====
 ``.sop/cache/index/<segment name>.json`` (written when a segment is sealed,
@@ -97,8 +117,13 @@ rename        (unchanged)                 src, dst — before the rename
 delete        (unchanged)                 path, files [[name, size], …] — before
 remove_row    (unchanged)                 row_number, values — before removal
 aborted       aborted                     —
-plan          planned (sweeps)            steps — a sweep's whole plan
+plan          planned (sweeps)            steps — a sweep's (release's, restore's) whole plan
 done          committed                   — a sweep finished
+adopt         committed                   row_number — recovery found a begun run's row
+restored      (unchanged)                 txid, strategy, run_id, row_number — a lost row put back
+lost_accepted (unchanged)                 txid, strategy, run_id, moved — a lost row's loss accepted
+released      (unchanged)                 txid, strategy, run_id, moved, deleted — a slot freed
+abandon       aborted                     reason — a plan given up, the rest left undone
 tail_cut      —                           segment, offset, bytes, kept
 ============  ==========================  =====================================
 """
@@ -164,6 +189,7 @@ class TxState(msgspec.Struct, kw_only=True):
     reason: str = ""
     plan: list[dict[str, Any]] = []
     removed_rows: list[dict[str, Any]] = []
+    restored: list[dict[str, Any]] = []     # rows a restore put back (its "restored" records)
     delete: bool = False                    # the rollback deletes instead of quarantining
     records: int = 0
     row_number: int = 0                     # where the row went, once committed
@@ -277,6 +303,8 @@ def apply(states: dict[str, TxState], rec: Record, *, strict: bool = True) -> No
         tx.deleted = [*tx.deleted, d["path"]]
     elif rec.type == "remove_row":
         tx.removed_rows = [*tx.removed_rows, d]
+    elif rec.type == "restored":
+        tx.restored = [*tx.restored, d]
     elif rec.type in ("committed", "adopt"):
         tx.row_number = int(d.get("row_number", 0) or 0)
     if nxt is not None:
@@ -393,8 +421,50 @@ def _load_checkpoint(ws: Workspace, segs: list[Path]) -> Checkpoint | None:
     return cp
 
 
+class Anchor(msgspec.Struct, kw_only=True):
+    """``.sop/anchor.json``: how far the journal is known to have reached (see *Anchor* above)."""
+
+    seq: int = 0
+    hash: str = GENESIS
+
+
+def read_anchor(ws: Workspace) -> Anchor | None:
+    """The anchor, or None when there is none (a workspace made before anchors, or one that lost it)."""
+    try:
+        return msgspec.json.decode(ws.anchor_path.read_bytes(), type=Anchor)
+    except FileNotFoundError:
+        return None
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise JournalDamaged(f"journal damaged: the anchor {ws.rel(ws.anchor_path)} cannot be read ({e})",
+                             detail="Restore .sop/ from a backup; see 'sop-fsck'.") from None
+
+
+def write_anchor(ws: Workspace, seq: int, hash_: str) -> None:
+    fsops.atomic_write(ws.anchor_path, msgspec.json.encode(Anchor(seq=seq, hash=hash_)))
+
+
+def check_anchor(ws: Workspace, seq: int, hash_: str, anchor: Anchor | None) -> None:
+    """A journal that ends before its anchor (missing, emptied, restored from an older backup) is damage."""
+    if anchor is None:
+        return
+    why = None
+    if not ws.journal_dir.is_dir():
+        why = f"the journal ({ws.rel(ws.journal_dir)}/) is missing"
+    elif seq < anchor.seq:
+        why = (f"the journal ends at record {seq}, but its anchor says record {anchor.seq} was written: "
+               "it was emptied, cut short or restored from an older backup")
+    elif seq == anchor.seq and hash_ != anchor.hash:
+        why = f"record {seq} is not the record its anchor names: the journal was replaced"
+    if why is not None:
+        raise JournalDamaged(f"journal damaged: {why}",
+                             detail="Nothing was changed. Restore .sop/journal/ (and .sop/checkpoint.json) from a "
+                                    "backup at least as new as the anchor; see 'sop-fsck'. Do not start a new "
+                                    "journal: the committed history would be lost.")
+
+
 def load(ws: Workspace) -> Loaded:
     """Read what a writer needs: the checkpoint and the segments after it."""
+    anchor = read_anchor(ws)
     segs = segment_files(ws.journal_dir)
     cp = _load_checkpoint(ws, segs)
     out = Loaded(checkpoint=cp)
@@ -420,6 +490,7 @@ def load(ws: Workspace) -> Loaded:
         st = p.stat()
         out.active_bytes = torn.offset if torn else st.st_size
         out.active_id = (st.st_dev, st.st_ino)
+    check_anchor(ws, out.seq, out.hash, anchor)
     return out
 
 
@@ -730,6 +801,10 @@ class Writer:
     def states(self) -> dict[str, TxState]:
         return self.j.states
 
+    def anchor(self) -> None:
+        """Record how far the journal has come, outside it (``.sop/anchor.json``)."""
+        write_anchor(self.ws, self.j.seq, self.j.hash)
+
     def cut_torn(self, now: datetime | None = None) -> None:
         """Cut a torn tail off, keeping its bytes in ``.sop/lost+found/`` first."""
         torn = self.j.torn
@@ -800,6 +875,7 @@ class Writer:
         new = Checkpoint(seq=self.j.seq, hash=self.j.hash, segments=segs, open=open_states)
         ledger.write(self.ws.sop_dir, committed_rows(self.ws, self.j), self.j.seq, self.j.hash)
         fsops.atomic_write(self.ws.checkpoint_path, msgspec.json.encode(new))
+        self.anchor()
         self.j.checkpoint = new
         self.j.ledger_ops = []
         self.j.states = {k: msgspec.structs.replace(v) for k, v in open_states.items()}

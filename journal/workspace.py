@@ -142,6 +142,10 @@ class Workspace:
         return self.sop_dir / "checkpoint.json"
 
     @property
+    def anchor_path(self) -> Path:
+        return self.sop_dir / "anchor.json"
+
+    @property
     def lock_path(self) -> Path:
         return self.sop_dir / "lock"
 
