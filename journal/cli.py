@@ -112,16 +112,20 @@ def _need_strategy(out: Out, strategy: str | None, directive: str | None) -> Non
 # ---------------------------------------------------------------- init, begin, commit, abort, run
 
 @click.command("init", context_settings=CONTEXT)
+@click.option("--from-journal", is_flag=True,
+              help="Rebuild a missing Master Sheet from the journal: its committed rows, with their values.")
 @common
-def init_cmd(out: Out) -> None:
+def init_cmd(out: Out, from_journal: bool) -> None:
     """Create .sop/ (and the Master Sheet when it is missing) in the workspace root.
 
     The root is -C DIR, else $SOP_ROOT, else the working directory.  An
-    existing sheet is accepted as it is and never rewritten.
+    existing sheet is accepted as it is and never rewritten.  A missing sheet
+    in a workspace whose journal holds committed rows is refused (exit 5):
+    restore it from a backup, or rebuild it with --from-journal.
     """
     from . import porcelain
     root = out.root or os.environ.get("SOP_ROOT") or os.getcwd()
-    res = _call(out, lambda: porcelain.init(root))
+    res = _call(out, lambda: porcelain.init(root, from_journal=from_journal))
     if out.json:
         out.result(res)
     else:
@@ -276,6 +280,10 @@ def recover_cmd(out: Out, dry_run: bool, older_than: str, force: bool) -> None:
             out.say(f"{verb}: {a.action}{who}{': ' + a.detail if a.detail else ''}{state}")
         for t in res.live:
             out.say(f"left alone (live): {t.txid} ({t.strategy}, {t.state}), {t.liveness}")
+        if res.lost.rows:
+            out.say(f"LOST ROWS: {res.lost.message}", fg="red", bold=True)
+    if res.error is not None and not out.json:
+        out.error(res.error)
     _exit_for(res.error)
 
 
@@ -425,6 +433,67 @@ def _sweep_summary(out: Out, res: Any) -> None:
         out.say("Run 'sop-sweep --fix' to do what is planned.")
 
 
+# ---------------------------------------------------------------- restore, release
+
+@click.command("restore", context_settings=CONTEXT)
+@click.argument("txids", nargs=-1, metavar="[TXID]...")
+@click.option("--sweep", "sweep_txid", metavar="TXID", help="Put back the rows this sweep removed instead.")
+@click.option("--dry-run", is_flag=True, help="Say what would be put back; change nothing.")
+@common
+def restore_cmd(out: Out, txids: tuple[str, ...], sweep_txid: str | None, dry_run: bool) -> None:
+    """Put back rows the journal says are committed but the Master Sheet lost, and their folders.
+
+    Without TXID, every lost row (sop-status lists them); a row that cannot
+    come back (its strategy is on the sheet again, held by an open
+    transaction, run again since, or its folders are gone) is listed with the
+    reason.  A TXID that cannot come back is refused (exit 1, nothing
+    changed).  The values come from the journal; folders a sweep quarantined
+    come back from quarantine.  --sweep TXID puts back the rows that sweep
+    removed.  One journaled transaction, finished by sop-recover after a crash.
+    """
+    from . import repair
+    res = _call(out, lambda: repair.restore(list(txids) or None, sweep=sweep_txid, dry_run=dry_run, root=out.root))
+    if out.json:
+        out.result(res)
+        return
+    if not res.items:
+        out.say("Nothing to restore: the sheet holds every committed row." if not sweep_txid
+                else f"Sweep {sweep_txid} removed no rows.")
+    for it in res.items:
+        where = f" as row {it.row}" if it.row else ""
+        state = "" if dry_run or it.refused else (" — done" if it.done else "")
+        would = "would " if dry_run and not it.refused else ""
+        out.say(f"{would}{it.strategy} (run {it.run_id}, {it.txid or 'no txid'}): {it.action}{where}{state}",
+                fg="yellow" if it.refused else None)
+    if res.txid:
+        click.echo(res.txid)
+
+
+@click.command("release", context_settings=CONTEXT)
+@click.argument("strategy")
+@click.option("--delete", is_flag=True, help="Delete the strategy's folders instead of quarantining them.")
+@common
+def release_cmd(out: Out, strategy: str, delete: bool) -> None:
+    """Free a strategy's slot the journaled way: remove its row and quarantine (or delete) its folders.
+
+    What the SOP's "Remove row from Master Sheet to proceed" asks for, as one
+    journaled transaction: the row's values and the folders' file lists are
+    kept in the journal, and a row removed this way is no loss (one removed
+    by hand is a lost row).  Refused while a transaction holds the strategy.
+    """
+    from . import repair
+    res = _call(out, lambda: repair.release(strategy, delete=delete, root=out.root))
+    if out.json:
+        out.result(res)
+        return
+    if res.row:
+        out.say(f"removed row {res.row} ('{res.strategy}', run {res.run_id})")
+    _say_moved(out, res)
+    out.say(f"Released '{res.strategy}' in {res.txid}; 'sop-begin --strategy {res.strategy}' can run it again.",
+            fg="green")
+    click.echo(res.txid)
+
+
 # ---------------------------------------------------------------- log, fsck
 
 def _stdout_color() -> bool:
@@ -512,7 +581,8 @@ def help_cmd(command: str | None) -> None:
 
 COMMANDS: dict[str, click.Command] = {
     "init": init_cmd, "begin": begin_cmd, "commit": commit_cmd, "abort": abort_cmd, "run": run_cmd,
-    "recover": recover_cmd, "status": status_cmd, "sweep": sweep_cmd, "log": log_cmd, "fsck": fsck_cmd,
+    "recover": recover_cmd, "status": status_cmd, "sweep": sweep_cmd, "restore": restore_cmd,
+    "release": release_cmd, "log": log_cmd, "fsck": fsck_cmd,
 }
 
 
@@ -549,5 +619,7 @@ run_main = _entry("run")
 recover_main = _entry("recover")
 status_main = _entry("status")
 sweep_main = _entry("sweep")
+restore_main = _entry("restore")
+release_main = _entry("release")
 log_main = _entry("log")
 fsck_main = _entry("fsck")

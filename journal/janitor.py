@@ -699,8 +699,8 @@ def sweep(*, root: RootArg = None, fix: bool = False, report: str | os.PathLike[
                          report=str(report_path))
     if not fix:
         j = wal.load(ws)
-        actions, _live = _recovery_plan(ws, j, now)
         view = sheet.read(ws)
+        actions, _live = _recovery_plan(ws, j, now, view)
         lost, ledger_rows = txn.lost_rows(ws, j, view)
         plan = classify(ws, view, j.open_transactions(), now=now, recovery_actions=actions, purge_older_than=ot,
                         report_path=report_path, progress=progress, lost=lost, accept_sheet=accept_sheet)
@@ -732,9 +732,10 @@ def sweep(*, root: RootArg = None, fix: bool = False, report: str | os.PathLike[
     return result
 
 
-def _recovery_plan(ws: Workspace, j: wal.Loaded, now: datetime) -> tuple[dict[str, Any], list[Any]]:
+def _recovery_plan(ws: Workspace, j: wal.Loaded, now: datetime,
+                   view: sheet.SheetView) -> tuple[dict[str, Any], list[Any]]:
     from . import recovery
-    actions, live = recovery.plan(ws, j, now=now, older_than=RECOVERY_OLDER_THAN, force=False)
+    actions, live = recovery.plan(ws, j, now=now, older_than=RECOVERY_OLDER_THAN, force=False, view=view)
     return {a.txid: a for a in actions if a.txid}, live
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import fsops, locks, names, sheet, txn, wal
-from .errors import Refused, SheetLocked, SopError, UsageError, WrongState
+from .errors import Refused, SheetDamaged, SheetLocked, SopError, UsageError, WrongState
 from .owner import owner_of
 from .render import NOT_JSON
 from .states import COMMITTABLE_STATES
@@ -86,19 +86,6 @@ class Handle(BeginResult):
 
 # ---------------------------------------------------------------- helpers
 
-def _entries_by_key(folder: Path) -> dict[str, str]:
-    """Names in a folder by comparison key (quarantined names left out)."""
-    out: dict[str, str] = {}
-    try:
-        with os.scandir(folder) as it:
-            for e in it:
-                if not names.FAILED_RE.match(e.name):
-                    out.setdefault(names.key(e.name), e.name)
-    except FileNotFoundError:
-        pass
-    return out
-
-
 def _directive(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     try:
@@ -131,8 +118,15 @@ def _directive_value(d: dict[str, Any], key: str) -> str | None:
 
 # ---------------------------------------------------------------- init
 
-def init(root: PathArg = None, *, now: datetime | None = None) -> InitResult:
-    """Create ``.sop/`` and, when missing, the Master Sheet; accept an existing sheet as it is."""
+def init(root: PathArg = None, *, from_journal: bool = False, now: datetime | None = None) -> InitResult:
+    """Create ``.sop/`` and, when missing, the Master Sheet; accept an existing sheet as it is.
+
+    In a workspace whose journal holds committed rows, a missing sheet is not
+    created empty (the next sweep would take their folders for zombies):
+    SheetDamaged (exit 5) says how to get it back, and ``from_journal``
+    rebuilds it from the journal — a new sheet whose headers are the columns
+    those rows filled, and every committed row put back (``sop-restore``).
+    """
     r = Path(root if root is not None else os.getcwd()).absolute()
     if not r.is_dir():
         raise UsageError(f"no such folder: {r}")
@@ -142,13 +136,28 @@ def init(root: PathArg = None, *, now: datetime | None = None) -> InitResult:
     cfg = load_config(r) if config_path.exists() else None
     ws = Workspace(r, cfg or load_config(r))
     if ws.sheet.exists():
+        if from_journal:
+            raise UsageError(f"the Master Sheet exists: {ws.rel(ws.sheet)}",
+                             detail="--from-journal only rebuilds a missing sheet; 'sop-restore' puts lost rows "
+                                    "back into an existing one.")
         sheet.read(ws, cache=False)   # refuse (exit 5) one we cannot read, or without Strategy/RunID
+    rows: list[dict[str, Any]] = []
+    if sop.is_dir() and (ws.journal_dir.is_dir() or ws.anchor_path.exists()):
+        rows = _committed_values(ws)  # a damaged journal refuses here (exit 5)
+        if rows and not ws.sheet.exists() and not from_journal:
+            raise SheetDamaged(f"the Master Sheet {ws.rel(ws.sheet)} is missing, but the journal holds "
+                               f"{len(rows)} committed row(s); an empty sheet would orphan their folders",
+                               detail="Action: restore the workbook from a backup (or move it back, or set [sheet] "
+                                      "path), or rebuild it from the journal with 'sop init --from-journal'.")
+    elif from_journal:
+        raise UsageError(f"no journal to rebuild the sheet from in {r}")
     if not sop.is_dir():
         fsops.mkdir(sop)
         created.append(".sop/")
-    for d in (ws.journal_dir,):
-        if not d.is_dir():
-            fsops.mkdir(d)
+    if not ws.journal_dir.is_dir():
+        fsops.mkdir(ws.journal_dir)
+        if not ws.anchor_path.exists():
+            wal.write_anchor(ws, 0, wal.GENESIS)
     if not config_path.exists():
         fsops.atomic_write(config_path, CONFIG_TEMPLATE.encode())
         created.append(".sop/config.toml")
@@ -157,9 +166,36 @@ def init(root: PathArg = None, *, now: datetime | None = None) -> InitResult:
         fsops.atomic_write(gitignore, b"lock\nsheet.lock\ncache/\n")
     if not ws.sheet.exists():
         fsops.mkdir(ws.sheet.parent, parents=True, exist_ok=True)
-        sheet.create(ws.sheet)
+        sheet.create(ws.sheet, _headers(rows) if from_journal else None)
         created.append(ws.rel(ws.sheet))
+    if from_journal and rows:
+        from .repair import restore  # the rebuild is a restore of every committed row
+        res = restore(root=ws, now=now)
+        created += [f"row {it.row}: {it.strategy}" for it in res.items if it.done]
     return InitResult(str(r), created)
+
+
+def _committed_values(ws: Workspace) -> list[dict[str, Any]]:
+    """The decided rows of every committed run the ledger holds (not accepted losses), oldest first."""
+    with Session(ws).locked() as w:
+        entries = sorted((e for e in wal.committed_rows(ws, w.j).values() if not e.accepted), key=lambda e: e.seq)
+        out = []
+        for e in entries:
+            tx = wal.find_transaction(ws, e.txid, w.j)
+            out.append(dict(tx.row) if tx is not None and tx.row else {"strategy": e.strategy, "runid": e.run_id})
+        return out
+
+
+def _headers(rows: list[dict[str, Any]]) -> list[str]:
+    """A rebuilt sheet's header row: sop's four columns, then every other column the rows filled."""
+    heads = list(sheet.DEFAULT_HEADERS)
+    seen = {names.header_key(h) for h in heads}
+    for row in rows:
+        for k in row:
+            if names.header_key(k) not in seen:
+                seen.add(names.header_key(k))
+                heads.append(k)
+    return heads
 
 
 # ---------------------------------------------------------------- begin
@@ -218,7 +254,7 @@ def begin(strategy: str | None = None, *, run_id: str | None = None, directive: 
                           f"(Row {r.number}); names compare case-insensitively. "
                           "Verification Failed: 1-Strategy-1-Row Invariant. "
                           "Action: Remove row from Master Sheet to proceed.")
-        run_dirs = _entries_by_key(ws.runs)
+        run_dirs = txn.entries_by_key(ws.runs)
         if run_id is not None:
             rr = view.run_rows(run_id)
             if rr:
@@ -235,7 +271,7 @@ def begin(strategy: str | None = None, *, run_id: str | None = None, directive: 
                 k = names.key(run_id)
                 if k not in run_dirs and k not in taken and not view.run_rows(run_id):
                     break
-        existing = _entries_by_key(ws.backtests).get(skey)
+        existing = txn.entries_by_key(ws.backtests).get(skey)
         if existing is not None:
             raise Refused("Zombie Artifact detected. Strategy folder exists but is unindexed. "
                           "Action: Run cleanup tool or manually delete folder.",
@@ -386,9 +422,18 @@ def commit(txid: str, *, defer_on_lock: bool = False, root: RootArg = None, now:
 
 def abort(txid: str, *, delete: bool = False, root: RootArg = None, now: datetime | None = None,
           env: dict[str, str] | None = None, reason: str = "aborted by sop-abort") -> AbortResult:
-    """Roll a transaction back: quarantine its folders to ``_FAILED_<ts>``, or delete them."""
+    """Roll a transaction back: quarantine its folders to ``_FAILED_<ts>``, or delete them.
+
+    A sweep (or release, or restore) left ``planned`` that cannot go on is
+    abandoned instead: recorded as given up, what it did stays done and the
+    rest is left undone.
+    """
     ws = open_workspace(root, env)
-    return txn.rollback(Session(ws), txid, reason=reason, delete=delete, now=now)
+    session = Session(ws)
+    gave_up = txn.abandon_plan(session, txid, reason=reason, now=now)
+    if gave_up is not None:
+        return gave_up
+    return txn.rollback(session, txid, reason=reason, delete=delete, now=now)
 
 
 # ---------------------------------------------------------------- the context manager and sop-run

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from . import fsops, txn, wal
-from .errors import SheetLocked
+from . import fsops, names, sheet, txn, wal
+from .errors import Refused, SheetLocked, SopError
 from .owner import pid_running
 from .states import DECIDED_STATES
 from .txn import Session, TxInfo
@@ -50,14 +50,21 @@ class RecoverResult:
     actions: list[Action] = field(default_factory=list)
     live: list[TxInfo] = field(default_factory=list)
     waiting_for_sheet: str | None = None
+    failed: list[str] = field(default_factory=list)           # txids that need a person (see their actions)
+    lost: txn.LostReport = field(default_factory=txn.LostReport)   # committed rows the sheet no longer holds
 
     @property
-    def error(self) -> SheetLocked | None:
-        """Rows still wait for a locked sheet: the run is unfinished (exit 3), though nothing failed."""
-        if self.waiting_for_sheet is None or self.dry_run:
+    def error(self) -> SopError | None:
+        """Transactions that need a person (exit 1), or rows that still wait for a locked sheet (exit 3)."""
+        if self.dry_run:
             return None
-        return SheetLocked(f"the Master Sheet is locked by {self.waiting_for_sheet}; decided rows still wait",
-                           locked_by=self.waiting_for_sheet)
+        if self.failed:
+            return Refused(f"{len(self.failed)} transaction(s) could not be finished: {', '.join(self.failed)}",
+                           detail="Each is listed above with why and what to do; the others were recovered.")
+        if self.waiting_for_sheet is not None:
+            return SheetLocked(f"the Master Sheet is locked by {self.waiting_for_sheet}; decided rows still wait",
+                               locked_by=self.waiting_for_sheet)
+        return None
 
 
 def _temp_files(folder: Path) -> list[Path]:
@@ -89,9 +96,15 @@ def _remove_stale_hints(ws: Workspace, dry_run: bool, out: RecoverResult) -> Non
         out.actions.append(Action("remove stale commit hint", done=not dry_run, detail=f".sop/pending/{n}"))
 
 
-def plan(ws: Workspace, j: wal.Loaded, *, now: datetime, older_than: timedelta,
-         force: bool) -> tuple[list[Action], list[TxInfo]]:
-    """What recovery would do, transaction by transaction (nothing changed)."""
+def plan(ws: Workspace, j: wal.Loaded, *, now: datetime, older_than: timedelta, force: bool,
+         view: sheet.SheetView | None = None) -> tuple[list[Action], list[TxInfo]]:
+    """What recovery would do, transaction by transaction (nothing changed).
+
+    ``view`` is the sheet as read now: an abandoned ``begun`` run whose row is
+    on it (its run id and strategy: a journal restored from an older backup,
+    a writer that crashed after the fact) is adopted as committed, never
+    rolled back.  Without a readable sheet such a run is left alone.
+    """
     actions: list[Action] = []
     live: list[TxInfo] = []
     for tx in j.open_transactions():
@@ -105,16 +118,44 @@ def plan(ws: Workspace, j: wal.Loaded, *, now: datetime, older_than: timedelta,
             actions.append(Action("finish sweep", tx.txid, detail=f"{len(tx.plan)} planned step(s)"))
         elif info.abandoned or force:
             why = info.liveness if info.abandoned else f"forced; {info.liveness}"
-            actions.append(Action("roll back", tx.txid, tx.strategy, tx.run_id, detail=why))
+            row = _its_row(view, tx)
+            if row is not None:
+                actions.append(Action("adopt", tx.txid, tx.strategy, tx.run_id,
+                                      detail=f"its row is on the sheet (row {row}): recorded committed; {why}"))
+            elif view is None:
+                actions.append(Action("leave alone", tx.txid, tx.strategy, tx.run_id,
+                                      detail=f"{why}; but the sheet cannot be read, so its row may be there: "
+                                             "fix the sheet and run 'sop-recover' again"))
+            else:
+                actions.append(Action("roll back", tx.txid, tx.strategy, tx.run_id, detail=why))
         else:
             live.append(info)
     return actions, live
 
 
+def _its_row(view: sheet.SheetView | None, tx: wal.TxState) -> int | None:
+    if view is None or tx.kind != "run":
+        return None
+    rows = [r for r in view.run_rows(tx.run_id) if names.key(r.strategy) == names.key(tx.strategy)]
+    return rows[0].number if rows else None
+
+
+def _sheet(ws: Workspace) -> sheet.SheetView | None:
+    try:
+        return sheet.read(ws)
+    except SopError:
+        return None
+
+
 def recover(*, root: RootArg = None, dry_run: bool = False, older_than: str | timedelta = "24h",
             force: bool = False, now: datetime | None = None, env: dict[str, str] | None = None,
             sleep: Callable[[float], None] = time.sleep) -> RecoverResult:
-    """Finish or roll back abandoned transactions (SPEC §5 sop-recover)."""
+    """Finish or roll back abandoned transactions (SPEC §5 sop-recover).
+
+    Each transaction recovers on its own: one that cannot be finished (its
+    row refused by the sheet, a person's row in the way, an I/O error) is
+    reported with what to do, and never stops the others.
+    """
     now = txn.clock(now)
     ot = parse_duration(older_than)
     ws = open_workspace(root, env)
@@ -133,18 +174,31 @@ def recover(*, root: RootArg = None, dry_run: bool = False, older_than: str | ti
             _remove_temps(folder, dry_run, out, rel)
         _remove_stale_hints(ws, dry_run, out)
         _remove_temps(ws.lost_found, dry_run, out, rel)
-        actions, out.live = plan(ws, w.j, now=now, older_than=ot, force=force)
+        actions, out.live = plan(ws, w.j, now=now, older_than=ot, force=force, view=_sheet(ws))
         if dry_run:
             out.actions.extend(actions)
             _remove_temps(ws.sheet.parent, True, out, rel)
             return out
         for a in actions:
-            if a.action in ("finish rollback", "roll back"):
-                tx = w.states[a.txid]
-                if tx.state != "aborting":
-                    w.append(a.txid, "rollback", {"reason": f"recovered: {a.detail}", "delete": False}, now=now)
+            if a.action == "leave alone":
+                out.failed.append(a.txid)
+            elif a.action == "adopt":
+                view = _sheet(ws)
+                row = _its_row(view, w.states[a.txid])
+                if row is not None:
+                    w.append(a.txid, "adopt", {"row_number": row, "reason": "its row is on the Master Sheet"},
+                             now=now)
+                    a.done = True
+            elif a.action in ("finish rollback", "roll back"):
+                try:
                     tx = w.states[a.txid]
-                res = txn.finish_rollback(w, tx, now)
+                    if tx.state != "aborting":
+                        w.append(a.txid, "rollback", {"reason": f"recovered: {a.detail}", "delete": False}, now=now)
+                        tx = w.states[a.txid]
+                    res = txn.finish_rollback(w, tx, now)
+                except (SopError, OSError) as e:            # this one waits for a person; the others go on
+                    _failed(out, a, e)
+                    continue
                 a.done = True
                 moved = ", ".join(f"{k} -> {v}" for k, v in res.moved.items())
                 a.detail = (a.detail + "; " if a.detail else "") + (f"quarantined {moved}" if moved else
@@ -157,19 +211,39 @@ def recover(*, root: RootArg = None, dry_run: bool = False, older_than: str | ti
         except SheetLocked as e:                   # its rows wait for the sheet; the rest still recovers
             a.detail = f"waiting: {e.message}"
             out.waiting_for_sheet = e.locked_by or "another user"
+        except (SopError, OSError) as e:
+            _failed(out, a, e, f"'sop-abort {a.txid}' gives the rest of it up (what is done stays done)")
     with session.sheet_writer():
         _remove_temps(ws.sheet.parent, False, out, rel)
     forward = [a for a in actions if a.action == "roll forward"]
     if forward:
-        fr = txn.flush(session, now=now, sleep=sleep)
-        for a in forward:
-            st = fr.states.get(a.txid)
-            a.done = st is not None and st.state == "committed"
-            if not a.done and fr.locked_by:
-                a.detail = f"waiting: the Master Sheet is locked by {fr.locked_by}"
-        out.waiting_for_sheet = fr.locked_by or out.waiting_for_sheet
+        try:
+            fr = txn.flush(session, now=now, sleep=sleep)
+        except (SopError, OSError) as e:
+            for a in forward:
+                _failed(out, a, e)
+        else:
+            for a in forward:
+                st = fr.states.get(a.txid)
+                a.done = st is not None and st.state == "committed"
+                if a.txid in fr.blocked:
+                    a.detail = f"needs a person: {fr.blocked[a.txid]}"
+                    out.failed.append(a.txid)
+                elif not a.done and fr.locked_by:
+                    a.detail = f"waiting: the Master Sheet is locked by {fr.locked_by}"
+            out.waiting_for_sheet = fr.locked_by or out.waiting_for_sheet
     out.actions.extend(actions)
+    view = _sheet(ws)
+    if view is not None:
+        with session.locked() as w:
+            out.lost = txn.lost_report(ws, txn.lost_rows(ws, w.j, view)[0])
     return out
+
+
+def _failed(out: RecoverResult, a: Action, e: BaseException, action: str = "") -> None:
+    why = e.message if isinstance(e, SopError) else f"I/O error: {e}"
+    a.detail = (a.detail + "; " if a.detail else "") + f"not done: {why}" + (f"; {action}" if action else "")
+    out.failed.append(a.txid)
 
 
 __all__ = ["recover", "plan", "RecoverResult", "Action"]

@@ -138,7 +138,9 @@ class SheetView:
 def _check_readable(path: Path) -> None:
     if not path.exists():
         raise SheetDamaged(f"Master Sheet not found: {path}",
-                           detail="Action: run 'sop init' to create it, or set [sheet] path in .sop/config.toml.")
+                           detail="Action: move it back or restore it from a backup, or set [sheet] path in "
+                                  ".sop/config.toml; 'sop-status' says whether the journal holds committed rows "
+                                  "('sop init --from-journal' rebuilds it from them).")
     if path.is_dir():
         raise SheetDamaged(f"Master Sheet is a folder, not a workbook: {path}")
 
@@ -328,5 +330,5 @@ def remove(ws: Workspace, numbers: list[int]) -> None:
     _x().remove_rows(ws.sheet, ws.config.worksheet or None, sorted(set(numbers)))
 
 
-def create(path: Path) -> None:
-    _x().create_workbook(path, DEFAULT_HEADERS)
+def create(path: Path, headers: list[str] | None = None) -> None:
+    _x().create_workbook(path, headers or DEFAULT_HEADERS)

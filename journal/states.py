@@ -24,7 +24,7 @@ TRANSITIONS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "mkdir": (("begun",), None),
     "decide": (("begun",), "committing"),
     "defer": (("committing",), "deferred"),
-    "append": (("committing", "deferred"), None),
+    "append": (("committing", "deferred", "planned"), None),
     "committed": (("committing", "deferred", "committed"), "committed"),
     "rollback": (("begun", "committing", "deferred", "aborting"), "aborting"),
     "rename": (("aborting", "planned"), None),

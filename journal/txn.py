@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from . import fsops, ledger, locks, names, sheet, wal
-from .errors import NoSuchTransaction, Refused, SheetLocked, WrongState
+from .errors import NoSuchTransaction, Refused, SheetDamaged, SheetLocked, WrongState
 from .owner import Owner, is_abandoned, liveness, owner_of, pid_running
 from .states import DECIDED_STATES
 from .workspace import Workspace
@@ -127,6 +127,19 @@ def locked_out(ws: Workspace, who: str, what: str) -> SheetLocked:
                        locked_by=who,
                        detail=f"It stayed locked through {ws.config.retries} attempt(s). Close it in Excel or "
                               "LibreOffice and run the command again.")
+
+
+def entries_by_key(folder: Path) -> dict[str, str]:
+    """Names in a folder by comparison key (quarantined names left out)."""
+    out: dict[str, str] = {}
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                if not names.FAILED_RE.match(e.name):
+                    out.setdefault(names.key(e.name), e.name)
+    except FileNotFoundError:
+        pass
+    return out
 
 
 # ---------------------------------------------------------------- liveness
@@ -230,9 +243,17 @@ def flush(session: Session, *, want: str | None = None, now: datetime | None = N
                 blocked: dict[str, str] = {}
                 for t in waiting:
                     present = view.run_rows(t.run_id)
-                    if present:                         # redo: the row is already there
+                    if present and names.key(present[0].strategy) == names.key(t.strategy):
                         w.append(t.txid, "committed", {"row_number": present[0].number}, now=now)
-                        committed.append(t.txid)
+                        committed.append(t.txid)        # redo: the row is already there
+                        continue
+                    taken = present or view.strategy_rows(t.strategy)
+                    if taken:                           # a person's row is in the way: never a second row
+                        r = taken[0]
+                        blocked[t.txid] = (f"row {r.number} holds strategy '{r.strategy}', run {r.run_id} (typed "
+                                           f"or restored since {t.txid} was decided); remove that row (or "
+                                           f"'sop-release {r.strategy}') and run 'sop-recover', or "
+                                           f"'sop-abort {t.txid}'")
                         continue
                     try:                                # a column added since its gate may not take a value:
                         sheet.check_row(view, t.row or {})   # that row waits; it never blocks the others
@@ -255,6 +276,9 @@ def flush(session: Session, *, want: str | None = None, now: datetime | None = N
                 except PermissionError as e:
                     locked_by = f"another program ({e.strerror})"
                     continue
+                except SheetDamaged as e:               # the writer refuses this sheet: each row waits for a person
+                    why = f"{e.message} {e.detail or ''}".strip()
+                    return FlushResult(states, committed, None, {**blocked, **{t.txid: why for t in todo}})
                 with session.locked() as w:
                     for t, n in zip(todo, numbers, strict=True):
                         w.append(t.txid, "committed", {"row_number": n}, now=now)
@@ -317,6 +341,24 @@ def rollback(session: Session, txid: str, *, reason: str, delete: bool,
             w.append(txid, "rollback", {"reason": reason, "delete": delete}, now=now)
             tx = w.states[txid]
         return finish_rollback(w, tx, now)
+
+
+def abandon_plan(session: Session, txid: str, *, reason: str, now: datetime | None = None) -> AbortResult | None:
+    """Give up a plan (a sweep, a release, a restore) that cannot go on: what is done stays done, nothing more.
+
+    None when ``txid`` is not such a plan (the caller then treats it as a run).
+    """
+    with session.locked() as w:
+        tx = wal.find_transaction(session.ws, txid, w.j)
+        if tx is None or tx.kind != "sweep":
+            return None
+        if tx.state == "aborted":
+            return AbortResult(txid, "", "", "aborted", already=True)
+        if tx.state != "planned":
+            raise WrongState(f"{txid} is a sweep that is {tx.state}; only a planned one can be abandoned")
+        w.states[txid] = tx
+        w.append(txid, "abandon", {"reason": reason, "steps": len(tx.plan)}, now=clock(now))
+        return AbortResult(txid, "", "", "aborted", moved=dict(tx.renames), deleted=list(tx.deleted))
 
 
 def finish_rollback(w: wal.Writer, tx: wal.TxState, now: datetime) -> AbortResult:

@@ -579,7 +579,8 @@ def iter_records(ws: Workspace) -> Iterator[Record]:
 # ---------------------------------------------------------------- the index of sealed segments
 
 INDEX_VERSION = 1
-_NAMING_TYPES = frozenset({"begin", "plan", "remove_row", "delete", "rename"})
+_NAMING_TYPES = frozenset({"begin", "plan", "remove_row", "delete", "rename", "restored", "lost_accepted",
+                           "released"})
 _PATH_KEYS = frozenset({"path", "src", "dst", "strategydir", "rundir"})
 
 
