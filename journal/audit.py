@@ -392,6 +392,16 @@ def fsck(*, root: RootArg = None, env: dict[str, str] | None = None) -> FsckResu
         res.damage = stop.damage
         res.action = CHECKPOINT_ACTION if stop.damage.segment == "checkpoint.json" else DAMAGE_ACTION
     else:
+        try:                                    # the journal must reach its anchor (SPEC §7, invariant 7)
+            anchor = wal.read_anchor(ws)
+            j = wal.load(ws)
+            res.checkpoint["anchor"] = anchor.seq if anchor is not None else None
+            del j
+        except JournalDamaged as e:
+            res.ok = False
+            res.damage = Damage("anchor.json", None, None, e.message)
+            res.action = e.detail or DAMAGE_ACTION
+            return res
         if res.torn is not None:
             res.action = TORN_ACTION
     return res

@@ -273,6 +273,14 @@ def begin(strategy: str | None = None, *, run_id: str | None = None, directive: 
                     break
         existing = txn.entries_by_key(ws.backtests).get(skey)
         if existing is not None:
+            lost = next((e for e in wal.committed_rows(ws, w.j).values()
+                         if names.key(e.strategy) == skey and not e.accepted), None)
+            if lost is not None:
+                raise Refused(f"Strategy '{lost.strategy}' was committed ({lost.txid}, run {lost.run_id}, row "
+                              f"{lost.row or '?'}) but its row is missing from the Master Sheet: a lost row, not "
+                              "a zombie.",
+                              detail=f"Action: 'sop-restore {lost.txid}' puts the row back (its values are in the "
+                                     f"journal), or 'sop-release {lost.strategy}' frees the slot for a new run.")
             raise Refused("Zombie Artifact detected. Strategy folder exists but is unindexed. "
                           "Action: Run cleanup tool or manually delete folder.",
                           detail=f"Folder: backtests/{existing}/ — 'sop-sweep' reports it, 'sop-sweep --fix' "
