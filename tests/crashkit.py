@@ -84,7 +84,7 @@ def states(root: Path) -> dict[str, dict[str, Any]]:
     """Each run transaction's final state and names, replayed from the journal's records."""
     out: dict[str, dict[str, Any]] = {}
     last = {"begin": "begun", "decide": "committing", "defer": "deferred", "committed": "committed",
-            "rollback": "aborting", "aborted": "aborted"}
+            "adopt": "committed", "rollback": "aborting", "aborted": "aborted"}
     for r in records(root):
         if r["type"] == "begin":
             out[r["txid"]] = {"strategy": r["data"]["strategy"], "run_id": r["data"]["run_id"], "state": "begun"}
@@ -119,8 +119,11 @@ def check_announced(root: Path, before: dict[str, Any], rows_before: list[tuple[
         assert rid in removed, f"row {s}/{rid} removed without a journal record"
 
 
-def check_invariants(root: Path, live: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-    """SPEC §7 after recovery.  ``live`` holds txids whose owner is still alive (left open)."""
+def check_invariants(root: Path, live: set[str] = frozenset(),  # type: ignore[assignment]
+                     lost: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """SPEC §7 after recovery.  ``live`` holds txids whose owner is still alive (left open); ``lost`` the
+    run ids of committed rows a person's stale save took off the sheet before the command ran (their rows
+    may stay missing, but their folders must stay: invariant 8)."""
     rows = sheet_rows(root)                                              # 3: the workbook reads
     import openpyxl
     openpyxl.load_workbook(root / "backtests" / "Strategy_Master_Filter.xlsx").close()
@@ -129,12 +132,23 @@ def check_invariants(root: Path, live: set[str] = frozenset()) -> None:  # type:
     open_names: list[str] = []
     all_states = states(root)
     swept = {str(r["data"].get("run_id", "")).casefold() for r in records(root) if r["type"] == "remove_row"}
+    accepted = {str(r["data"].get("run_id", "")).casefold() for r in records(root)
+                if r["type"] in ("lost_accepted", "released")}
+    restored = {str(r["data"].get("run_id", "")).casefold() for r in records(root) if r["type"] == "restored"}
+    lost_ids = {x.casefold() for x in lost}
+    quarantined = {p.name for top in ("backtests", "runs") if (root / top).is_dir() for p in (root / top).iterdir()
+                   if "_FAILED_" in p.name}
     latest = {st["strategy"].casefold(): t for t, st in all_states.items()}   # insertion order: begin order
     for txid, st in all_states.items():
         s, rid = st["strategy"], st["run_id"]
         sdir, rdir = root / "backtests" / s, root / "runs" / rid
-        if st["state"] == "committed" and rid.casefold() in swept:
-            pass                        # a later, journaled sweep removed its row (its folders were gone)
+        if st["state"] == "committed" and rid.casefold() in (swept | accepted) - restored:
+            pass                        # a later, journaled sweep or release removed its row, or accepted its loss
+        elif st["state"] == "committed" and rid.casefold() in lost_ids and (s, rid) not in rows:
+            assert sdir.is_dir() or any(q.startswith(f"{s}_FAILED_") for q in quarantined), \
+                f"{txid}: a lost row's strategy folder was destroyed"                         # 8
+            assert rdir.is_dir() or any(q.startswith(f"{rid}_FAILED_") for q in quarantined), \
+                f"{txid}: a lost row's run folder was destroyed"
         elif st["state"] == "committed":                                                   # 2
             assert (s, rid) in rows, f"{txid} committed without its row"
             assert sdir.is_dir() and rdir.is_dir(), f"{txid} committed without its folders"

@@ -59,7 +59,8 @@ def begun(root: Path, strategy: str, owner: int, meta: bool = True) -> dict[str,
 
 
 def crash_loop(tmp: Path, setup: Path, cmd: list[str], *, before_recover: Callable[[Path], None] | None = None,
-               expect: Callable[[Path], None] | None = None) -> int:
+               expect: Callable[[Path], None] | None = None, lost: set[str] = frozenset(),  # type: ignore[assignment]
+               sweep_may_find: frozenset[str] = frozenset({"quarantined"})) -> int:
     """Crash ``cmd`` at every mutation of ``setup``'s copy; return the number of crash points."""
     n = count_mutations(setup, *cmd)
     assert n > 0
@@ -73,8 +74,8 @@ def crash_loop(tmp: Path, setup: Path, cmd: list[str], *, before_recover: Callab
         if before_recover:
             before_recover(root)
         recover_twice(root)
-        check_invariants(root)
-        check_sweep_clean(root)
+        check_invariants(root, lost=lost)
+        check_sweep_clean(root, sweep_may_find)
         if expect:
             expect(root)
         if k in (1, n):
@@ -295,3 +296,70 @@ def test_zeroed_checkpoint_costs_only_time(tmp_path: Path) -> None:
     assert len(json.loads(p.stdout)["transactions"]) == 3
     sop("begin", "-C", str(setup), "--strategy", "S0", code=1, env=env)
     sop("begin", "-C", str(setup), "--strategy", "S9", env=env)
+
+
+# ---------------------------------------------------------------- the way back and the way out (lost rows)
+
+def _commit(root: Path, strategy: str) -> dict[str, str]:
+    tx = json.loads(sop("begin", "-C", str(root), "--strategy", strategy, "--json").stdout)
+    (Path(tx["strategy_dir"]) / "run_metadata.json").write_text(
+        json.dumps({"run_id": tx["run_id"], "metrics": {"sharpe": 0.9}}))
+    (Path(tx["run_dir"]) / "trades.csv").write_text("day,pnl\n1,0.5\n")
+    sop("commit", "-C", str(root), tx["txid"])
+    return tx
+
+
+def _stale(tmp: Path) -> tuple[Path, list[dict[str, str]]]:
+    """A workspace whose sheet was saved over from a copy older than its last two commits."""
+    setup = base_workspace(tmp)
+    sheet = setup / "backtests" / "Strategy_Master_Filter.xlsx"
+    old = sheet.read_bytes()
+    txs = [_commit(setup, "Beta"), _commit(setup, "Gamma")]
+    sheet.write_bytes(old)
+    return setup, txs
+
+
+def _whole_or_untouched(root: Path, tx: dict[str, str]) -> None:
+    """A lost row is either back on the sheet with its folders in place, or still lost with its folders kept."""
+    on = (tx["strategy"], tx["run_id"]) in sheet_rows(root)
+    sdir, rdir = root / "backtests" / tx["strategy"], root / "runs" / tx["run_id"]
+    if on:
+        assert sdir.is_dir() and rdir.is_dir(), f"{tx['strategy']} restored without its folders"
+    else:
+        kept = sdir.is_dir() or any(p.name.startswith(f"{tx['strategy']}_FAILED_") for p in sdir.parent.iterdir())
+        assert kept, f"{tx['strategy']}'s folder is gone"
+
+
+def test_crash_at_every_point_of_a_sweep_accepting_a_stale_sheet(tmp_path: Path) -> None:
+    setup, txs = _stale(tmp_path)
+    n = crash_loop(tmp_path, setup, ["sweep", "--fix", "--accept-sheet"],
+                   lost={t["run_id"] for t in txs}, sweep_may_find=frozenset({"quarantined", "lost_row"}),
+                   expect=lambda root: [_whole_or_untouched(root, t) for t in txs])
+    assert n >= 6
+
+
+def test_crash_at_every_point_of_restore(tmp_path: Path) -> None:
+    setup, txs = _stale(tmp_path)
+    sop("sweep", "-C", str(setup), "--fix", "--accept-sheet")          # folders quarantined, restorable
+
+    def back_or_kept(root: Path) -> None:
+        for t in txs:
+            _whole_or_untouched(root, t)
+        p = run(root, "restore")                                        # a restore after the crash finishes the job
+        assert p.returncode == 0, p.stderr
+        assert {(t["strategy"], t["run_id"]) for t in txs} <= set(sheet_rows(root))
+    n = crash_loop(tmp_path, setup, ["restore"], lost={t["run_id"] for t in txs}, expect=back_or_kept)
+    assert n >= 6
+
+
+def test_crash_at_every_point_of_release(tmp_path: Path) -> None:
+    setup = base_workspace(tmp_path)
+    alpha = _commit(setup, "Alpha")
+
+    def released_or_not(root: Path) -> None:
+        on = ("Alpha", alpha["run_id"]) in sheet_rows(root)
+        here = (root / "backtests" / "Alpha").is_dir()
+        kept = any(p.name.startswith("Alpha_FAILED_") for p in (root / "backtests").iterdir())
+        assert (on and here) or (not on and not here and kept), (on, here, kept)
+    n = crash_loop(tmp_path, setup, ["release", "Alpha"], expect=released_or_not)
+    assert n >= 5
