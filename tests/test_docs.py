@@ -12,12 +12,11 @@ import configparser
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import click
 import pytest
-from conftest import BIN, ROOT, scrubbed_env
+from conftest import ROOT, sop
 
 from journal import cli, manpages
 from journal.workspace import CONFIG_TEMPLATE, DEFAULTS, parse_config
@@ -190,8 +189,7 @@ def test_every_page_is_installed_and_every_installed_page_exists() -> None:
 # ---------------------------------------------------------------- sop help
 
 def sop_help(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(BIN / "sop"), "help", *args], capture_output=True, text=True,
-                          env=scrubbed_env(), timeout=60)
+    return sop("", "help", *args, code=None)
 
 
 def test_sop_help_begin_prints_the_page_as_plain_text() -> None:
