@@ -5,6 +5,10 @@ calls ``os._exit(137)`` just before its k-th filesystem mutation, which is
 what a kill -9 or a power cut at that moment leaves behind (every earlier
 write was fsynced).  ``SOP_TRACE_MUTATIONS`` counts the mutations of an
 uncrashed run, so every k from 1 to that count is tried.
+
+Only the injected runs (``crash_at``, ``fail_at``) are real processes; the
+traced count, recovery, sop-fsck and sop-sweep run in-process through
+``conftest.sop()``, which re-reads the injection environment per call.
 """
 
 from __future__ import annotations
@@ -12,12 +16,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from conftest import BIN, scrubbed_env
+from conftest import scrubbed_env, sop
 
 
 def run(root: Path, cmd: str, *args: str, crash_at: int | None = None, fail_at: str | None = None,
@@ -29,8 +32,8 @@ def run(root: Path, cmd: str, *args: str, crash_at: int | None = None, fail_at: 
         extra["SOP_FAIL_AT"] = fail_at
     if trace is not None:
         extra["SOP_TRACE_MUTATIONS"] = str(trace)
-    return subprocess.run([sys.executable, str(BIN / f"sop-{cmd}"), "-C", str(root), *args],
-                          env=scrubbed_env(**extra), text=True, capture_output=True, timeout=120)
+    injected = crash_at is not None or fail_at is not None       # os._exit / OSError for a whole process
+    return sop(cmd, "-C", str(root), *args, code=None, env=scrubbed_env(**extra), timeout=120, proc=injected)
 
 
 def count_mutations(root: Path, cmd: str, *args: str) -> int:

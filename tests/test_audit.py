@@ -1,8 +1,8 @@
 """sop-log and sop-fsck (SPEC §3, §5): the audit trail, and catching every kind of damage.
 
 Most journals here are written with :class:`journal.wal.Writer` directly
-(fast, with fixed times and tiny segments); the commands run as real
-processes through the ``conftest`` helpers.
+(fast, with fixed times and tiny segments); the commands run in-process
+through the ``conftest`` helpers, and as a real process on a terminal.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""sop init / begin / commit / abort through the real CLI (SPEC §1, §5, §6)."""
+"""sop init / begin / commit / abort through the CLI (SPEC §1, §5, §6).
+
+The commands run in-process through conftest's ``sop()``; real processes only where the
+process matters: racing begins and runs, concurrent commits, a crash (``SOP_CRASH_AT``).
+"""
 
 from __future__ import annotations
 
@@ -586,7 +590,7 @@ def _crash_after_the_sheet_is_replaced(ws: WS, *args: str) -> None:
         sop("commit", "-C", str(copy), *args, env=scrubbed_env(SOP_TRACE_MUTATIONS=str(trace)), code=None)
         lines = [ln.split() for ln in trace.read_text().splitlines()]
     k = next(int(n) for n, _pid, kind, path in lines if kind == "replace" and path.endswith(".xlsx"))
-    p = sop("commit", "-C", str(ws.root), *args, env=scrubbed_env(SOP_CRASH_AT=str(k + 1)), code=None)
+    p = sop("commit", "-C", str(ws.root), *args, env=scrubbed_env(SOP_CRASH_AT=str(k + 1)), code=None, proc=True)
     assert p.returncode == 137
 
 

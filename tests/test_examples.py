@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BIN, ROOT, scrubbed_env
+from conftest import BIN, ROOT, scrubbed_env, sop
 
 EXAMPLES = ROOT / "examples"
 TOOLS = EXAMPLES / "tools"
@@ -27,8 +27,7 @@ def py(*args: str | Path, cwd: Path | None = None, timeout: float = 300) -> subp
 def ws(tmp_path: Path) -> Path:
     root = tmp_path / "ws"
     root.mkdir()
-    p = py(BIN / "sop", "init", "-C", root)
-    assert p.returncode == 0, p.stderr
+    sop("init", "-C", str(root))
     return root
 
 

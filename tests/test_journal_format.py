@@ -2,7 +2,8 @@
 
 The line format is checked against fixed bytes; the recipes of
 sop-journal(5) are run as printed; and a journal spanning many segments,
-with transactions open across seals, is driven through the real CLI.
+with transactions open across seals, is driven through the CLI (in-process,
+``$SOP_SEGMENT_BYTES`` applied per call by ``conftest.sop()``).
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def test_man_page_example_record_is_the_real_bytes() -> None:
 
 @pytest.fixture
 def journal_ws(tmp_path: Path) -> Iterator[Path]:
-    """A workspace with a few commands' journal across sealed segments (real CLI)."""
+    """A workspace with a few commands' journal across sealed segments (through the CLI)."""
     root = tmp_path / "ws"
     root.mkdir()
     env = scrubbed_env(SOP_SEGMENT_BYTES="1500")

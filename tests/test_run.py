@@ -1,4 +1,8 @@
-"""sop-run and the Python API's transaction() (SPEC §5 sop-run)."""
+"""sop-run and the Python API's transaction() (SPEC §5 sop-run).
+
+sop-run always runs as a real process (``proc=True``): it forwards signals to its command, owns the
+transaction by its own pid, and with --json hands its stderr file descriptor to the command's stdout.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ def test_run_commits_on_exit_0_and_sets_the_environment(ws: WS, tmp_path: Path) 
     dump = tmp_path / "env.json"
     code = WRITE_META + (f"; json.dump({{k: v for k, v in os.environ.items() if k.startswith('SOP_')}}, "
                          f"open({str(dump)!r}, 'w'))")
-    doc = json.loads(ws.sop("run", "--json", "--strategy", "Alpha", "--", sys.executable, "-c", code).stdout)
+    doc = json.loads(ws.sop("run", "--json", "--strategy", "Alpha", "--", sys.executable, "-c", code, proc=True).stdout)
     assert doc["state"] == "committed" and doc["status"] == 0 and doc["row"] == 2
     env = json.loads(dump.read_text())
     assert env["SOP_STRATEGY"] == "Alpha" and env["SOP_TXID"] == doc["txid"] and env["SOP_RUN_ID"] == doc["run_id"]
@@ -33,13 +37,13 @@ def test_run_commits_on_exit_0_and_sets_the_environment(ws: WS, tmp_path: Path) 
 
 def test_run_with_json_sends_the_commands_stdout_to_stderr(ws: WS) -> None:
     p = ws.sop("run", "--json", "--strategy", "Alpha", "--", sys.executable, "-c",
-               WRITE_META + "; print('hello from the backtest')")
+               WRITE_META + "; print('hello from the backtest')", proc=True)
     assert "hello from the backtest" in p.stderr
     assert json.loads(p.stdout)["state"] == "committed"
 
 
 def test_run_failing_command_aborts_and_exits_with_its_status(ws: WS) -> None:
-    p = ws.sop("run", "--strategy", "Alpha", "--", sys.executable, "-c", "import sys; sys.exit(7)", code=7)
+    p = ws.sop("run", "--strategy", "Alpha", "--", sys.executable, "-c", "import sys; sys.exit(7)", code=7, proc=True)
     assert "rolled back" in p.stderr
     assert not (ws.root / "backtests" / "Alpha").exists()
     assert any(d.name.startswith("Alpha_FAILED_") for d in (ws.root / "backtests").iterdir())
@@ -47,7 +51,7 @@ def test_run_failing_command_aborts_and_exits_with_its_status(ws: WS) -> None:
 
 
 def test_run_failed_gate_rolls_back_with_exit_1(ws: WS) -> None:
-    p = ws.sop("run", "--strategy", "Alpha", "--", sys.executable, "-c", "pass", code=1)
+    p = ws.sop("run", "--strategy", "Alpha", "--", sys.executable, "-c", "pass", code=1, proc=True)
     assert "Validation failed" in p.stderr
     assert not (ws.root / "backtests" / "Alpha").exists()
     assert ws.json("status")["transactions"] == []
@@ -56,12 +60,12 @@ def test_run_failed_gate_rolls_back_with_exit_1(ws: WS) -> None:
 def test_run_refused_by_the_gatekeeper_runs_nothing(ws: WS, tmp_path: Path) -> None:
     (ws.root / "backtests" / "Zed").mkdir()
     marker = tmp_path / "ran"
-    p = ws.sop("run", "--strategy", "Zed", "--", sys.executable, "-c", f"open({str(marker)!r},'w')", code=1)
+    p = ws.sop("run", "--strategy", "Zed", "--", sys.executable, "-c", f"open({str(marker)!r},'w')", code=1, proc=True)
     assert "Zombie Artifact detected" in p.stderr and not marker.exists()
 
 
 def test_run_missing_program_rolls_back(ws: WS) -> None:
-    p = ws.sop("run", "--strategy", "Alpha", "--", "/no/such/program", code=127)
+    p = ws.sop("run", "--strategy", "Alpha", "--", "/no/such/program", code=127, proc=True)
     assert "cannot run" in p.stderr
     assert not (ws.root / "backtests" / "Alpha").exists()
 
@@ -124,10 +128,10 @@ def test_api_owner_defaults_to_the_calling_process(ws: WS) -> None:
 
 
 def test_run_gate_failure_says_the_run_was_rolled_back_and_journals_why(ws: WS) -> None:
-    p = ws.sop("run", "--strategy", "Alpha", "--", sys.executable, "-c", "pass", code=1)
+    p = ws.sop("run", "--strategy", "Alpha", "--", sys.executable, "-c", "pass", code=1, proc=True)
     assert "rolled back" in p.stderr and "sop-commit" not in p.stderr
     reasons = [r["data"]["reason"] for r in ws.records() if r["type"] == "rollback"]
     assert reasons == ["the commit gate refused the run"]
-    ws.sop("run", "--strategy", "Beta", "--", sys.executable, "-c", "raise SystemExit(2)", code=2)
+    ws.sop("run", "--strategy", "Beta", "--", sys.executable, "-c", "raise SystemExit(2)", code=2, proc=True)
     assert [r["data"]["reason"] for r in ws.records() if r["type"] == "rollback"][-1] == \
         "the command exited with status 2"

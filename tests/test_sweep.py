@@ -1,9 +1,11 @@
 """sop-sweep, the janitor (SPEC §5): findings, --fix as one journaled transaction, the report, crashes.
 
-Every test drives the real command through conftest's ``WS`` helper and
-checks the disk and the Master Sheet afterwards, read by independent
-readers (openpyxl, python-calamine).  Ages of quarantined folders are set by
-the ``_FAILED_<ts>`` names themselves; the in-process test uses freezegun.
+Every test drives the command through conftest's ``WS`` helper (in-process)
+and checks the disk and the Master Sheet afterwards, read by independent
+readers (openpyxl, python-calamine).  Real processes only where the process
+matters: the progress bar on a terminal, and sweeps killed at a crash point.
+Ages of quarantined folders are set by the ``_FAILED_<ts>`` names
+themselves; the API test uses freezegun.
 """
 
 from __future__ import annotations
