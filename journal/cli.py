@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -231,7 +232,7 @@ def run_cmd(out: Out, strategy: str | None, run_id: str | None, directive: str |
     _need_strategy(out, strategy, directive)
     res = _call(out, lambda: porcelain.run(list(cmd), strategy, run_id=run_id, directive=directive,
                                            root=out.root, defer_on_lock=defer_on_lock,
-                                           stdout=sys.stderr.fileno() if out.json else None))
+                                           stdout=_stderr_fd() if out.json else None))
     if out.json:
         out.result(res)
     else:
@@ -247,6 +248,18 @@ def run_cmd(out: Out, strategy: str | None, run_id: str | None, directive: str |
                 for src, dst in res.abort.moved.items():
                     out.say(f"quarantined {src} -> {dst}")
     sys.exit(res.status)
+
+
+def _stderr_fd() -> int:
+    """Where CMD's stdout goes under --json (stdout holds one JSON document): our stderr, or nowhere."""
+    for stream in (sys.stderr, sys.__stderr__):
+        if stream is None:
+            continue
+        try:
+            return stream.fileno()
+        except (AttributeError, OSError, ValueError):       # a stream without a descriptor (embedded, captured)
+            continue
+    return subprocess.DEVNULL
 
 
 # ---------------------------------------------------------------- recover, status
