@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 _API = {
     "init": "porcelain", "begin": "porcelain", "commit": "porcelain", "abort": "porcelain", "run": "porcelain",
     "status": "porcelain", "transaction": "porcelain", "recover": "recovery",
-    "sweep": "janitor", "log": "audit", "fsck": "audit",
+    "sweep": "janitor", "restore": "repair", "release": "repair", "log": "audit", "fsck": "audit",
 }
 
 

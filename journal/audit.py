@@ -63,7 +63,7 @@ class Transaction:
     run_id: str
     state: str
     records: list[dict[str, Any]]
-    kind: str = "run"                     # "run", "sweep", or "journal" (a tail_cut, which has no txid)
+    kind: str = "run"        # "run", "sweep", "release", "restore", or "journal" (a tail_cut, which has no txid)
     owner: dict[str, Any] | None = None
     begun_at: str = ""
     updated_at: str = ""
@@ -121,8 +121,8 @@ def _transaction(txid: str, recs: list[wal.Record]) -> Transaction:
     if st is None:           # a record that the state machine did not accept; sop-fsck reports why
         return Transaction(txid, "", "", "", [record_dict(r) for r in recs], "run", None, recs[0].time,
                            recs[-1].time)
-    return Transaction(txid, st.strategy, st.run_id, st.state, [record_dict(r) for r in recs], st.kind, owner,
-                       st.begun_at, st.updated_at)
+    return Transaction(txid, st.strategy, st.run_id, st.state, [record_dict(r) for r in recs],
+                       st.plan_kind or st.kind, owner, st.begun_at, st.updated_at)
 
 
 def log(*, root: RootArg = None, txid: str | None = None, strategy: str | None = None,
@@ -254,13 +254,26 @@ def describe(rec: dict[str, Any], *, full: bool = False) -> list[str]:
     if t == "plan":
         steps = d.get("steps") or []
         shown = steps if full else steps[:10]
-        lines = [f"sweep plan: {len(steps)} step(s)"]
+        kind = next((k for k in ("release", "restore") if d.get(k)), "sweep")
+        lines = [f"{kind} plan: {len(steps)} step(s)"]
         lines += [", ".join(f"{k}={v}" for k, v in s.items()) if isinstance(s, dict) else str(s) for s in shown]
         if len(shown) < len(steps):
             lines.append(f"… and {len(steps) - len(shown)} more step(s) (sop-log TXID shows all)")
         return lines
     if t == "done":
-        return ["sweep finished"]
+        return ["plan finished"]
+    if t == "adopt":
+        return [f"adopted as committed: its row is on the sheet (row {d.get('row_number')})"]
+    if t == "restored":
+        return [f"restored {d.get('strategy')} (run {d.get('run_id')}, {d.get('txid') or 'no txid'}) as row "
+                f"{d.get('row_number')}"]
+    if t == "lost_accepted":
+        return [f"accepted the loss of {d.get('strategy')}'s row (run {d.get('run_id')}, {d.get('txid')}); "
+                f"folders quarantined: {_values(d.get('moved'), lim)}"]
+    if t == "released":
+        return [f"released {d.get('strategy')} (run {d.get('run_id')}): its slot is free"]
+    if t == "abandon":
+        return [f"abandoned: {d.get('reason', '')}; what was done stays done"]
     if t == "tail_cut":
         return [f"cut a torn journal tail: {d.get('segment')} at byte {d.get('offset')} ({d.get('why', '')}), "
                 f"{d.get('bytes')} byte(s) kept in {d.get('kept')}"]
@@ -281,8 +294,8 @@ def format_log(res: LogResult, *, full: bool = False, style: Style = plain) -> s
             head = style(f"transaction {tx.txid}", fg="yellow") + " " + \
                 style(f"({tx.state or 'unknown'})", fg=_STATE_COLOURS.get(tx.state), bold=True)
         lines = [head]
-        if tx.kind == "sweep":
-            lines.append("Kind:     sweep")
+        if tx.kind in ("sweep", "release", "restore"):
+            lines.append(f"Kind:     {tx.kind}")
         elif tx.kind == "run":
             lines.append(f"Strategy: {tx.strategy}")
             lines.append(f"Run:      {tx.run_id}")

@@ -416,7 +416,8 @@ def sweep_cmd(out: Out, fix: bool, report: str | None, purge_failed: bool, older
 
 def _sweep_summary(out: Out, res: Any) -> None:
     """One screen on stderr: what was checked, counts by kind, what was done, where the report is."""
-    mode = "dry run, nothing changed" if res.dry_run else (f"fixed in {res.txid}" if res.txid else "fix, nothing to do")
+    mode = "dry run, nothing changed" if res.dry_run else (
+        f"fixed in {res.txid}" if res.txid else ("fix, nothing changed" if res.remaining else "fix, nothing to do"))
     entries = f"{res.folders} entr{'y' if res.folders == 1 else 'ies'} under backtests/ and runs/"
     out.say(f"Swept {res.root} ({mode}): {res.rows} row(s), {entries}.", bold=True)
     for a in res.recovery:
@@ -468,6 +469,7 @@ def restore_cmd(out: Out, txids: tuple[str, ...], sweep_txid: str | None, dry_ru
     res = _call(out, lambda: repair.restore(list(txids) or None, sweep=sweep_txid, dry_run=dry_run, root=out.root))
     if out.json:
         out.result(res)
+        _exit_for(res.error)
         return
     if not res.items:
         out.say("Nothing to restore: the sheet holds every committed row." if not sweep_txid
@@ -476,10 +478,13 @@ def restore_cmd(out: Out, txids: tuple[str, ...], sweep_txid: str | None, dry_ru
         where = f" as row {it.row}" if it.row else ""
         state = "" if dry_run or it.refused else (" — done" if it.done else "")
         would = "would " if dry_run and not it.refused else ""
-        out.say(f"{would}{it.strategy} (run {it.run_id}, {it.txid or 'no txid'}): {it.action}{where}{state}",
+        out.say(f"{it.strategy} (run {it.run_id}, {it.txid or 'no txid'}): {would}{it.action}{where}{state}",
                 fg="yellow" if it.refused else None)
     if res.txid:
         click.echo(res.txid)
+    if res.error is not None:
+        out.error(res.error)
+    _exit_for(res.error)
 
 
 @click.command("release", context_settings=CONTEXT)

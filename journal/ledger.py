@@ -30,7 +30,7 @@ records of the active segment to it.  The file is tagged with the
 checkpoint's sequence number and hash; one that does not match (missing,
 older, damaged) is rebuilt by replaying the whole journal, so it can only
 cost time, never truth.  Its bytes: a msgpack map
-``{"version": 1, "seq": N, "hash": H, "rows": {key: [txid, strategy, run_id, seq, row]}}``.
+``{"version": 1, "seq": N, "hash": H, "rows": {key: [txid, strategy, run_id, seq, row, accepted, moved]}}``.
 """
 
 from __future__ import annotations
@@ -134,8 +134,11 @@ class Lost(msgspec.Struct, kw_only=True):
         first = self.rows[0]
         rows = f"{n} committed row{'s' if n != 1 else ''} {'are' if n != 1 else 'is'} missing from {sheet_name}"
         when = f" at {saved_at}" if saved_at else ""
+        older = f" older than row {first.row}" if first.row else ""
+        if self.stale_save and not self.on_sheet:
+            return (f"{rows}: the workbook holds none of the rows sop wrote — saved over{when} from a copy{older}, "
+                    "or every one removed by hand (treated as a stale save: nothing is changed until you decide)")
         if self.stale_save:
-            older = f" older than row {first.row}" if first.row else ""
             return (f"{rows}: the workbook was saved over{when} from a copy{older} (a stale save: the newest rows "
                     "sop wrote are the ones missing)")
         return f"{rows}: removed by hand or by another program{when}, not by sop"

@@ -171,7 +171,8 @@ def init(root: PathArg = None, *, from_journal: bool = False, now: datetime | No
     if from_journal and rows:
         from .repair import restore  # the rebuild is a restore of every committed row
         res = restore(root=ws, now=now)
-        created += [f"row {it.row}: {it.strategy}" for it in res.items if it.done]
+        created += [f"row {it.row}: {it.strategy}" if it.done else f"not restored: {it.strategy} ({it.action})"
+                    for it in res.items]
     return InitResult(str(r), created)
 
 

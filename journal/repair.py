@@ -61,6 +61,15 @@ class RestoreResult:
     items: list[RestoreItem]
     txid: str | None = None         # the restore's own transaction
 
+    @property
+    def error(self) -> Refused | None:
+        """Rows that could not come back (exit 1 once the result is out); the others were restored."""
+        bad = [i for i in self.items if i.refused or (not self.dry_run and not i.done)]
+        if not bad:
+            return None
+        return Refused(f"{len(bad)} row(s) could not be restored: "
+                       f"{', '.join(i.strategy for i in bad)}", detail="Each is listed with the reason.")
+
 
 @dataclass
 class ReleaseResult:
@@ -111,6 +120,8 @@ def _lost_steps(w: wal.Writer, ws: Workspace, view: sheet.SheetView, want: list[
     present = set(view.keylists()[1])
     missing = sorted((e for k, e in rows.items() if k not in present), key=lambda e: e.seq)
     by_txid = {e.txid: e for e in missing}
+    if want is None:                    # every lost row; an accepted loss comes back only when named
+        missing = [e for e in missing if not e.accepted]
     if want is not None:
         for t in want:
             if t not in by_txid:
@@ -168,6 +179,10 @@ def _sweep_steps(w: wal.Writer, ws: Workspace, view: sheet.SheetView, sweep_txid
     if tx is None or tx.kind != "sweep":
         raise NoSuchTransaction(f"no such sweep: {sweep_txid}",
                                 detail="Action: 'sop-log' lists sweeps (their first record is 'plan').")
+    if tx.plan_kind != "sweep":
+        raise Refused(f"{sweep_txid} is a {tx.plan_kind}, not a sweep",
+                      detail="A released row comes back with its folders by hand only: move them back from "
+                             "quarantine, then add the row; 'sop-log TXID' shows both.")
     rows = wal.committed_rows(ws, w.j)
     steps: list[dict[str, Any]] = []
     for d in tx.removed_rows:
@@ -180,7 +195,7 @@ def _sweep_steps(w: wal.Writer, ws: Workspace, view: sheet.SheetView, sweep_txid
         if why is not None:
             item.action, item.refused = f"refused: {why}", True
             continue
-        item.action = f"put back row {d.get('row_number')} as it was"
+        item.action = f"put back the row (it was row {d.get('row_number')})"
         item.step = len(steps)
         steps.append({"op": "restore_row", "txid": own, "strategy": strategy, "run_id": run_id, "row": values})
     return steps

@@ -355,10 +355,11 @@ def abandon_plan(session: Session, txid: str, *, reason: str, now: datetime | No
         if tx.state == "aborted":
             return AbortResult(txid, "", "", "aborted", already=True)
         if tx.state != "planned":
-            raise WrongState(f"{txid} is a sweep that is {tx.state}; only a planned one can be abandoned")
+            raise WrongState(f"{txid} is a {tx.plan_kind or 'sweep'} that is {tx.state}; only a planned one can be "
+                             "abandoned")
         w.states[txid] = tx
         w.append(txid, "abandon", {"reason": reason, "steps": len(tx.plan)}, now=clock(now))
-        return AbortResult(txid, "", "", "aborted", moved=dict(tx.renames), deleted=list(tx.deleted))
+        return AbortResult(txid, "", "", "aborted")             # nothing moves now: what it did stays done
 
 
 def finish_rollback(w: wal.Writer, tx: wal.TxState, now: datetime) -> AbortResult:

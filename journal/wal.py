@@ -119,11 +119,11 @@ remove_row    (unchanged)                 row_number, values — before removal
 aborted       aborted                     —
 plan          planned (sweeps)            steps — a sweep's (release's, restore's) whole plan
 done          committed                   — a sweep finished
-adopt         committed                   row_number — recovery found a begun run's row
-restored      (unchanged)                 txid, strategy, run_id, row_number — a lost row put back
-lost_accepted (unchanged)                 txid, strategy, run_id, moved — a lost row's loss accepted
-released      (unchanged)                 txid, strategy, run_id, moved, deleted — a slot freed
-abandon       aborted                     reason — a plan given up, the rest left undone
+adopt         committed                   row_number, reason — recovery found a begun run's row
+restored      (unchanged)                 step, txid, strategy, run_id, row_number — a lost row put back
+lost_accepted (unchanged)                 step, txid, strategy, run_id, moved, deleted — a loss accepted
+released      (unchanged)                 step, txid, strategy, run_id, moved, deleted — a slot freed
+abandon       aborted                     reason, steps — a plan given up, the rest left undone
 tail_cut      —                           segment, offset, bytes, kept
 ============  ==========================  =====================================
 """
@@ -190,6 +190,7 @@ class TxState(msgspec.Struct, kw_only=True):
     plan: list[dict[str, Any]] = []
     removed_rows: list[dict[str, Any]] = []
     restored: list[dict[str, Any]] = []     # rows a restore put back (its "restored" records)
+    plan_kind: str = ""                     # a plan's kind: "sweep", "release" or "restore"
     delete: bool = False                    # the rollback deletes instead of quarantining
     records: int = 0
     row_number: int = 0                     # where the row went, once committed
@@ -286,6 +287,7 @@ def apply(states: dict[str, TxState], rec: Record, *, strict: bool = True) -> No
         else:
             tx.kind = "sweep"
             tx.plan = list(d.get("steps", []))
+            tx.plan_kind = next((k for k in ("release", "restore") if d.get(k)), "sweep")
             if d.get("owner"):
                 tx.owner = msgspec.convert(d["owner"], Owner)
     tx.records += 1
@@ -457,9 +459,9 @@ def check_anchor(ws: Workspace, seq: int, hash_: str, anchor: Anchor | None) -> 
         why = f"record {seq} is not the record its anchor names: the journal was replaced"
     if why is not None:
         raise JournalDamaged(f"journal damaged: {why}",
-                             detail="Nothing was changed. Restore .sop/journal/ (and .sop/checkpoint.json) from a "
-                                    "backup at least as new as the anchor; see 'sop-fsck'. Do not start a new "
-                                    "journal: the committed history would be lost.")
+                             detail="Restore .sop/journal/ (and .sop/checkpoint.json) from a backup at least as new "
+                                    "as the anchor (.sop/anchor.json). Do not start a new journal: the committed "
+                                    "history would be lost.")
 
 
 def load(ws: Workspace) -> Loaded:

@@ -33,7 +33,8 @@ from journal.workspace import CONFIG_TEMPLATE, DEFAULTS, parse_config
 
 MAN = ROOT / "man"
 HELP = ROOT / "journal" / "help"
-ALL_COMMANDS = ["init", "begin", "commit", "abort", "run", "recover", "sweep", "status", "log", "fsck"]
+ALL_COMMANDS = ["init", "begin", "commit", "abort", "run", "recover", "sweep", "restore", "release", "status", "log",
+                "fsck"]
 SHAPE = ["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "OUTPUT", "EXIT STATUS", "FILES", "EXAMPLES", "SEE ALSO"]
 README_MAIN = "python3 -m pip install . && python3 examples/demo.py"
 README_TESTS = "python3 -m pip install -e '.[test]' && python3 -m pytest -q"
