@@ -289,6 +289,33 @@ def check_row(view: SheetView, row: dict[str, Any]) -> None:
     _x().encode_rows([build_row(view, row)])
 
 
+def check_writable(ws: Workspace, count: int = 1, *, rows: list[dict[str, Any]] | None = None,
+                   view: SheetView | None = None) -> None:
+    """Refuse, before the commit decision is recorded, a Master Sheet the writer would refuse.
+
+    Runs :func:`journal.xlsx.check_append` on the configured worksheet: every check
+    :func:`append` makes before it writes (the workbook's shape, rows out of order or without
+    ``r``, what sop does not edit, a malformed part, room for ``count`` rows, a table with a
+    totals row that would have to grow), with the same errors, writing nothing.  The rows'
+    columns decide which tables grow: those of ``rows`` (by header name) when given, else
+    every header column.  Values are checked by :func:`check_row`.
+
+    Raises:
+        SheetDamaged: the writer would refuse the workbook (exit 5).
+        Refused: the sheet has no room for ``count`` rows.
+        PermissionError: the file cannot be read (locked).
+    """
+    path = ws.sheet
+    _check_readable(path)
+    if view is None or not view.stamp or view.stamp != _stamp(path):
+        view = read(ws)
+    if rows is not None:
+        columns = sorted({c for r in rows for c in build_row(view, r)}) or sorted(view.headers)
+    else:
+        columns = sorted(view.headers)
+    _x().check_append(path, ws.config.worksheet or None, count, columns)
+
+
 def append(ws: Workspace, rows: list[dict[str, Any]], view: SheetView | None = None) -> list[int]:
     """Append rows given by header name; returns their Excel row numbers.
 

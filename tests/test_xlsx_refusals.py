@@ -139,7 +139,7 @@ def test_rows_without_r_are_read_but_not_rewritten(tmp_path: Path, op: Op) -> No
 
 @pytest.mark.parametrize("op", WRITES.values(), ids=WRITES.keys())
 @pytest.mark.parametrize("comment, match", [(b"<!-- note -->", "an XML comment"),
-                                            (b"<!-- <row r='9'> -->", "an XML comment|without an r attribute")])
+                                            (b"<!-- <row r='9'> -->", "an XML comment|out of order")])
 @pytest.mark.usefixtures("validator")
 def test_comment_in_sheet_data(tmp_path: Path, op: Op, comment: bytes, match: str) -> None:
     path = xlsxwriter_book(tmp_path / "m.xlsx")

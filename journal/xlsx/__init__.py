@@ -98,10 +98,17 @@ Refusals
     a missing workbook/worksheet part or worksheet name, a corrupt zip
     member, a DOCTYPE, a non-UTF-8 part, and for writes malformed XML and
     anything outside the shape Excel, LibreOffice, openpyxl and XlsxWriter
-    write (rows or cells without an ``r`` attribute or with ``r`` not
-    first, rows out of order, comments, processing instructions or CDATA,
-    namespace declarations among the rows, a table with a totals row that
-    would have to grow, scenarios, data consolidation, smart tags).  A sheet
+    write (rows or cells without an ``r`` attribute — its place among the
+    attributes and its quotes do not matter —, rows out of order or past
+    row 1,048,576, comments, processing instructions or CDATA, namespace
+    declarations among the rows, a table with a totals row that would have
+    to grow, and on removal scenarios, data consolidation or smart tags
+    that refer to a row the removal would move).  A cell past column XFD
+    or a row past 1,048,576 is refused by reads too.  An append with no
+    room left below the last row is :class:`Refused` (the sheet is full).
+    :func:`check_append` raises, without writing, exactly what
+    :func:`append_rows` would (the same code up to the first byte written),
+    so a caller can refuse before it decides to append.  A sheet
     without a header row is *not* an error for :func:`read_table`: it
     returns ``header_row=0`` and empty ``headers``/``columns`` (the caller
     refuses it).  ``PermissionError`` and other ``OSError`` from writing
@@ -117,7 +124,8 @@ Modules
     ``validate`` the XML check run as a child process (a plain script: the
     standard library only), and ``edit`` the parent side of it, with opening
     a workbook for a rewrite and replacing it; ``read``, ``append``,
-    ``remove`` and ``create`` the four operations.  The public names are the
+    ``remove`` and ``create`` the four operations (``append`` also holds
+    :func:`check_append`).  The public names are the
     ones re-exported here.  :mod:`journal.sheet` imports this package on
     first use (a cached sheet index needs none of it), and the package
     imports lxml only once a workbook is opened, never at import.
@@ -127,7 +135,7 @@ from __future__ import annotations
 
 from journal.errors import Refused, SheetDamaged
 
-from .append import append_rows
+from .append import append_rows, check_append
 from .constants import (
     CHUNK,
     HEADER_SCAN_ROWS,
@@ -188,6 +196,7 @@ __all__ = [
     "Table",
     "Value",
     "append_rows",
+    "check_append",
     "col_index",
     "col_letters",
     "create_workbook",

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from journal.errors import Refused
 
-from .constants import MAX_ROW
+from .constants import MAX_COL, MAX_ROW
 from .edit import editing, write_workbook
-from .package import Package, Replacement, damaged, sheet_tables, table_element
+from .package import Package, Replacement, SheetInfo, damaged, sheet_tables, table_element
 from .ranges import Range, col_index, col_letters
-from .scan import Sx, open_sheetdata, reread, row_spans
+from .scan import Scan, Sx, open_sheetdata, reread, row_spans
 from .text import Value, cell_xml, encode_rows, get_attr, set_attr, tag_re
 
 
@@ -41,11 +42,14 @@ def _merge_row(row_xml: bytes, number: int, cells: list[tuple[int, bytes, str]],
     body = b"" if m.group(2) else row_xml[m.end():len(row_xml) - len(sx.row_end)]
     existing: dict[int, bytes] = {}
     for cm in sx.cell_re.finditer(body):
-        a = cm.group(1) or b""
-        rm = sx.cell_r_re.search(a)
-        if not rm:
+        ref = sx.cell_ref(cm.group(1))
+        if ref is None:
             raise damaged(pkg.path, f"row {number} has a cell without an r attribute")
-        existing[col_index(rm.group(1))] = cm.group(0)
+        col = col_index(ref[0])
+        if col > MAX_COL:
+            raise damaged(pkg.path, f"row {number} has a cell {ref[0].decode()}{ref[1].decode()} past the last "
+                          f"column XFD", "Open and re-save the workbook in Excel.")
+        existing[col] = cm.group(0)
     if sx.cell_re.sub(b"", body).strip():
         raise damaged(pkg.path, f"row {number} holds something other than cells, which sop does not edit")
     out: dict[int, bytes] = dict(existing)
@@ -123,6 +127,45 @@ def _grow_ranges_in(xml: bytes, tags: re.Pattern[bytes], contains_row: int, cols
     return tags.sub(fix, xml)
 
 
+@dataclass
+class _Plan:
+    """What an append writes, worked out (and every refusal raised) before anything is written."""
+
+    numbers: list[int]
+    head: bytes
+    rest: bytes                 # the sheetData body after the last content row, new rows merged in
+    tail: bytes
+    replace: dict[str, Replacement]
+
+
+def _plan(pkg: Package, info: SheetInfo, scan: Scan, encoded: list[list[tuple[int, bytes, str]]]) -> _Plan:
+    """Where the new rows go and every part that changes; raises every refusal of an append."""
+    sx = scan.sx
+    first = _clear_of_merges(scan.seg.tail, sx, scan.last_content_row + 1, len(encoded))
+    numbers = list(range(first, first + len(encoded)))
+    if numbers[-1] > MAX_ROW:
+        last = scan.last_content_row
+        raise Refused(f"the Master Sheet is full: {len(encoded)} new row{'s' if len(encoded) > 1 else ''} "
+                      f"after row {last:,} would end at row {numbers[-1]:,}, past Excel's last row {MAX_ROW:,}",
+                      detail="Start a new Master Sheet (set [sheet] path in .sop/config.toml), or remove "
+                             "rows from this one.")
+    used = [c for cells in encoded for c, _, _ in cells]
+    cols = (min(used), max(used)) if used else (1, 1)
+    head, tail = open_sheetdata(scan.seg, sx)
+    head = _grow_dimension(head, sx, numbers[-1], cols)
+    anchor = scan.last_content_row or first
+    tail = _grow_ranges_in(tail, tag_re(sx.prefix, b"autoFilter"), anchor, cols, numbers[-1])
+    replace: dict[str, Replacement] = {}
+    for tpart in sheet_tables(pkg, info.part):
+        txml = pkg.read(tpart)
+        new = _grow_table(pkg, tpart, txml, anchor, cols, numbers[-1])
+        if new != txml:
+            replace[tpart] = new
+    assert scan.rest is not None            # scanned with keep_rest
+    rest = _append_rest(b"".join(scan.rest), first, encoded, sx, pkg)
+    return _Plan(numbers, head, rest, tail, replace)
+
+
 def append_rows(path: str | os.PathLike[str], worksheet: str | None,
                 rows: list[dict[int, Value]],
                 before_replace: Callable[[list[int], os.stat_result], None] | None = None) -> list[int]:
@@ -138,54 +181,61 @@ def append_rows(path: str | os.PathLike[str], worksheet: str | None,
             place the moment the file is.  If it raises, the old file stays.
 
     Raises:
-        Refused: a value cannot be stored (type, illegal character, over 32,767 characters).
+        Refused: a value cannot be stored (type, illegal character, over 32,767 characters),
+            or the sheet has no room for the rows (its last row is Excel's last row).
         SheetDamaged: the workbook cannot be edited safely; it is left untouched.
         PermissionError: the file cannot be replaced (locked); it is left untouched.
     """
     encoded = encode_rows(rows)
     if not rows:
         return []
-    with editing(path, worksheet) as (pkg, info, validator, scan):
-        sx = scan.sx
-        first = _clear_of_merges(scan.seg.tail, sx, scan.last_content_row + 1, len(rows))
-        numbers = list(range(first, first + len(rows)))
-        if numbers[-1] > MAX_ROW:
-            raise Refused(f"the Master Sheet is full: row {numbers[-1]} is past Excel's last row {MAX_ROW:,}")
-        used = [c for cells in encoded for c, _, _ in cells]
-        cols = (min(used), max(used)) if used else (1, 1)
-        head, tail = open_sheetdata(scan.seg, sx)
-        head = _grow_dimension(head, sx, numbers[-1], cols)
-        anchor = scan.last_content_row or first
-        tail = _grow_ranges_in(tail, tag_re(sx.prefix, b"autoFilter"), anchor, cols, numbers[-1])
-        replace: dict[str, Replacement] = {}
-        for tpart in sheet_tables(pkg, info.part):
-            txml = pkg.read(tpart)
-            new = _grow_table(pkg, tpart, txml, anchor, cols, numbers[-1])
-            if new != txml:
-                replace[tpart] = new
+    with editing(path, worksheet, keep_rest=True) as (pkg, info, validator, scan):
+        plan = _plan(pkg, info, scan, encoded)
 
         def body() -> Iterator[bytes]:
-            yield head
+            yield plan.head
             offset = 0
-            rest: list[bytes] = []
             for chunk in reread(pkg, info.part, scan):
                 n = len(chunk)
                 if offset + n <= scan.last_content_end:
                     yield chunk
-                elif offset >= scan.last_content_end:
-                    rest.append(chunk)
-                else:
-                    cut = scan.last_content_end - offset
-                    yield chunk[:cut]
-                    rest.append(chunk[cut:])
+                elif offset < scan.last_content_end:
+                    yield chunk[:scan.last_content_end - offset]
                 offset += n
-            yield _append_rest(b"".join(rest), first, encoded, sx, pkg)
-            yield tail
+            yield plan.rest
+            yield plan.tail
 
+        replace = dict(plan.replace)
         replace[info.part] = body
+        numbers = plan.numbers
         hook = None if before_replace is None else (lambda st: before_replace(numbers, st))
         write_workbook(path, pkg, validator, replace, set(), hook)
         return numbers
+
+
+def check_append(path: str | os.PathLike[str], worksheet: str | None, count: int = 1,
+                 columns: Iterable[int] | None = None) -> None:
+    """Refuse, as :func:`append_rows` would, an append of ``count`` rows; writes nothing.
+
+    Runs the very checks of an append up to the point where it would start writing: the
+    workbook and the worksheet part (zip, Strict, DOCTYPE, well-formed XML, comments…), the
+    shape of its rows (rows out of order or past the last row, rows or cells without ``r``,
+    namespace declarations, other content among the rows), room for ``count`` rows below the
+    last content row and any merged range there, and the tables that would have to grow.
+    ``columns`` are the 1-based columns the rows would fill (a table grows only when it
+    shares one); None means column A.  Values are not checked: :func:`encode_rows` does that.
+
+    Raises:
+        Refused: the sheet has no room for ``count`` rows (or ``count``/``columns`` are not valid).
+        SheetDamaged: append_rows would refuse the workbook, with the same message.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise Refused(f"{count!r} is not a number of rows to append")
+    cols = sorted(set(columns)) if columns else [1]
+    encoded = encode_rows([dict.fromkeys(cols, 0)]) * min(count, MAX_ROW + 1)
+    with editing(path, worksheet, keep_rest=True) as (pkg, info, validator, scan):
+        _plan(pkg, info, scan, encoded)
+        validator.join()
 
 
 def _clear_of_merges(tail: bytes, sx: Sx, first: int, count: int) -> int:

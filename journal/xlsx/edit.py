@@ -71,17 +71,18 @@ class Validator:
 
 
 @contextlib.contextmanager
-def editing(path: str | os.PathLike[str], worksheet: str | None
+def editing(path: str | os.PathLike[str], worksheet: str | None, keep_rest: bool = False
             ) -> Iterator[tuple[Package, SheetInfo, Validator, Scan]]:
     """Open a workbook for a rewrite of its master sheet: the package, the sheet, the XML check
-    started beside the rewrite, and the first scan.  The check is cancelled and the package
-    closed however the rewrite ends (a finished rewrite has joined the check already)."""
+    started beside the rewrite, and the first scan (``keep_rest``: see :func:`.scan.scan_sheet`).
+    The check is cancelled and the package closed however the rewrite ends (a finished rewrite
+    has joined the check already)."""
     pkg = Package(path)
     validator: Validator | None = None
     try:
         info = pkg.sheet(worksheet)
         validator = Validator(pkg, info.part)
-        yield pkg, info, validator, scan_sheet(pkg, info.part, validator.inline)
+        yield pkg, info, validator, scan_sheet(pkg, info.part, validator.inline, keep_rest)
     finally:
         if validator is not None:
             validator.cancel()

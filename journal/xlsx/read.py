@@ -7,11 +7,21 @@ import re
 from dataclasses import dataclass, field
 
 from ..names import header_key as normalize_header
-from .constants import HEADER_SCAN_ROWS
-from .package import Package, SharedStrings, load_shared_strings
+from .constants import HEADER_SCAN_ROWS, MAX_COL, MAX_ROW
+from .package import Package, SharedStrings, damaged, load_shared_strings
 from .ranges import col_index, col_letters
 from .scan import Segments, Sx, iter_sheet, row_spans
 from .text import Value, parse_number, xml_text
+
+
+class _OutOfSheet(ValueError):
+    """A cell or row outside the sheet's grid (column XFD, row 1,048,576): read_table refuses the part."""
+
+
+def _check_row(r: int) -> int:
+    if r > MAX_ROW:
+        raise _OutOfSheet(f"row {r:,}, past Excel's last row {MAX_ROW:,}")
+    return r
 
 
 @dataclass(frozen=True)
@@ -37,8 +47,13 @@ def _parse_cells(body: bytes, sx: Sx, sst: SharedStrings,
     any_value = False
     for m in sx.cell_re.finditer(body):
         attrs = m.group(1) or b""
-        rm = sx.cell_r_re.search(attrs) if attrs else None
-        col = col_index(rm.group(1)) if rm else col + 1
+        ref = sx.cell_ref(attrs)
+        if ref is None:
+            col += 1
+        else:
+            col = col_index(ref[0])
+            if col > MAX_COL or int(ref[1]) > MAX_ROW:
+                raise _OutOfSheet(f"a cell {(ref[0] + ref[1]).decode()} past column XFD or row {MAX_ROW:,}")
         v = sx.cell_value(attrs, m.group(2), sst)
         if v is None:
             continue
@@ -77,34 +92,38 @@ def read_table(path: str | os.PathLike[str], worksheet: str | None = None,
         early: list[Row] = []          # rows 1-10 above the header (or of a sheet without one)
         rows: list[Row] = []
         last_r = 0
-        for chunk in iter_sheet(pkg, info.part, False, seg):
-            sx = seg.sx
-            assert sx is not None
-            if not decided:
-                pos = 0
-                for r, _s0, s1, e in row_spans(chunk, sx):
-                    r = r if r is not None else last_r + 1
-                    if r > HEADER_SCAN_ROWS:
-                        decided = True
-                        break
-                    last_r, pos = r, e
-                    vals, _ = _parse_cells(chunk[s1:e], sx, sst, None)
-                    if any(isinstance(v, str) and normalize_header(v) == "strategy" for v in vals.values()):
-                        header_row = r
-                        headers = {c: str(v).strip() for c, v in sorted(vals.items())}
-                        for c, text in headers.items():
-                            colmap.setdefault(normalize_header(text), c)
-                        decided = True
-                        break
-                    if vals:
-                        early.append(Row(r, vals))
+        try:
+            for chunk in iter_sheet(pkg, info.part, False, seg):
+                sx = seg.sx
+                assert sx is not None
                 if not decided:
-                    continue
-                wanted, fast = _wanted(columns, colmap, sx)
-                if not header_row:
-                    rows = _only(early, wanted)
-                chunk = chunk[pos:]
-            last_r = _read_chunk(chunk, sx, sst, wanted, fast, rows, last_r)
+                    pos = 0
+                    for r, _s0, s1, e in row_spans(chunk, sx):
+                        r = _check_row(r if r is not None else last_r + 1)
+                        if r > HEADER_SCAN_ROWS:
+                            decided = True
+                            break
+                        last_r, pos = r, e
+                        vals, _ = _parse_cells(chunk[s1:e], sx, sst, None)
+                        if any(isinstance(v, str) and normalize_header(v) == "strategy" for v in vals.values()):
+                            header_row = r
+                            headers = {c: str(v).strip() for c, v in sorted(vals.items())}
+                            for c, text in headers.items():
+                                colmap.setdefault(normalize_header(text), c)
+                            decided = True
+                            break
+                        if vals:
+                            early.append(Row(r, vals))
+                    if not decided:
+                        continue
+                    wanted, fast = _wanted(columns, colmap, sx)
+                    if not header_row:
+                        rows = _only(early, wanted)
+                    chunk = chunk[pos:]
+                last_r = _read_chunk(chunk, sx, sst, wanted, fast, rows, last_r)
+        except _OutOfSheet as e:
+            raise damaged(pkg.path, f"{info.part} has {e}",
+                          "Open and repair the workbook in Excel, or restore it from a backup.") from None
         if not decided:
             wanted, _ = _wanted(columns, colmap, None)
             rows = _only(early, wanted)
@@ -141,7 +160,10 @@ _COL_INDEX: dict[bytes, int] = {}
 def _col_of(letters: bytes) -> int:
     c = _COL_INDEX.get(letters)
     if c is None:
-        c = _COL_INDEX[letters] = col_index(letters)
+        c = col_index(letters)
+        if c > MAX_COL:
+            raise _OutOfSheet(f"a cell in column {letters.decode()}, past Excel's last column XFD")
+        _COL_INDEX[letters] = c
     return c
 
 
@@ -153,6 +175,9 @@ def _read_chunk(chunk: bytes, sx: Sx, sst: SharedStrings, wanted: set[int] | Non
     openpyxl and XlsxWriter write them; anything else is parsed cell by cell.
     """
     if fast is not None and not sx.no_r_re.search(chunk):
+        s0 = chunk.rfind(sx.row_r)          # the chunk's last row (rows ascend: the scan of a write checks)
+        if s0 >= 0 and (m := sx.row_num_re.match(chunk, s0)):
+            _check_row(int(m.group(1)))
         by_row: dict[bytes, dict[int, Value]] = {}
         cell_value = sx.cell_value
         v_open, v_close = sx.v_open, sx.v_close
@@ -196,6 +221,9 @@ def _read_chunk(chunk: bytes, sx: Sx, sst: SharedStrings, wanted: set[int] | Non
                 cur = num
                 d = by_row.get(num) or by_row.setdefault(num, {})
             d[col_get(letters) or _col_of(letters)] = v
+        if by_row and max(map(len, by_row)) > 6:
+            for nb in by_row:
+                _check_row(int(nb))
         if by_row and len(by_row) == chunk.count(sx.row_tag):      # every row holds a wanted value
             rows.extend([Row(int(nb), d) for nb, d in by_row.items()])
             return int(next(reversed(by_row)))
@@ -210,10 +238,10 @@ def _read_chunk(chunk: bytes, sx: Sx, sst: SharedStrings, wanted: set[int] | Non
                 body = chunk[start:end if end >= 0 else len(chunk)]
                 if value_re.search(body) and _parse_cells(body, sx, sst, set())[1]:
                     rows.append(Row(int(nb), {}))
-            last_r = int(nb)
+            last_r = _check_row(int(nb))
         return last_r
     for r, _s0, s1, e in row_spans(chunk, sx):
-        r = r if r is not None else last_r + 1
+        r = _check_row(r if r is not None else last_r + 1)
         last_r = r
         if e == s1:
             continue

@@ -5,22 +5,59 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from journal.errors import Refused
 
-from .constants import MAX_ROW, NS_MAIN, NS_X14, NS_XM, REL_CALC_CHAIN
+from .constants import MAX_COL, MAX_ROW, NS_DOC_RELS, NS_MAIN, NS_X14, NS_XM, REL_CALC_CHAIN
 from .edit import editing, write_workbook
 from .formulas import shift_formula, translate_formula
 from .package import Package, Replacement, damaged, rels_name, sheet_tables, table_element, xml_decl, xml_root
 from .ranges import Range, RowMap, col_index, col_letters
-from .scan import Sx, open_sheetdata, reread, row_spans
+from .scan import Sx, attr_span, open_sheetdata, reread, row_spans
 from .text import drop_attrs, escape_xml, get_attr, set_attr, tag_re, xml_text
+
+if TYPE_CHECKING:
+    from lxml import etree
 
 # --------------------------------------------------------------------------------------------
 # Everything outside <sheetData>
 
 _REFUSE_ON_REMOVE = {"scenarios": "scenarios", "dataConsolidate": "a data consolidation",
                      "smartTags": "smart tags"}
+
+
+def _moves(text: str, rows: RowMap) -> bool:
+    """Whether a range (or a space-separated list) would change with the removal; True when unreadable."""
+    for t in text.split():
+        try:
+            rg = Range.parse(t)
+        except ValueError:
+            return True
+        if not (rg.r1 == 1 and rg.r2 == MAX_ROW) and rows.span(rg.r1, rg.r2) != (rg.r1, rg.r2):
+            return True
+    return False
+
+
+def _moving_reference(el: etree._Element, rows: RowMap, own: str) -> str | None:
+    """The first reference to this sheet's cells inside ``el`` (scenarios, data consolidation, smart
+    tags: parts of the sheet sop does not rewrite) that the removal would move; None when nothing would.
+
+    References are the ``r``, ``ref`` and ``sqref`` attributes anywhere in the element; a
+    consolidation source on another sheet or in another workbook is not this sheet's.
+    """
+    for sub in el.iter():
+        if not isinstance(sub.tag, str):
+            continue
+        if sub.tag == f"{{{NS_MAIN}}}dataRef":
+            sheet = sub.get("sheet")
+            if sub.get(f"{{{NS_DOC_RELS}}}id") or (sheet is not None and sheet.casefold() != own.casefold()):
+                continue
+        for attr in ("r", "ref", "sqref"):
+            v = sub.get(attr)
+            if v is not None and _moves(v, rows):
+                return v
+    return None
 
 
 def _remove_outside_rows(pkg: Package, head: bytes, tail: bytes, rows: RowMap, own: str) -> tuple[bytes, bytes]:
@@ -34,9 +71,11 @@ def _remove_outside_rows(pkg: Package, head: bytes, tail: bytes, rows: RowMap, o
     X14 = f"{{{NS_X14}}}"
 
     for name, what in _REFUSE_ON_REMOVE.items():
-        if root.find(M + name) is not None:
-            raise damaged(pkg.path, f"the master worksheet holds {what}, which sop cannot move when removing rows",
-                          "Remove the row in Excel instead.")
+        el = root.find(M + name)
+        ref = _moving_reference(el, rows, own) if el is not None else None
+        if ref is not None:
+            raise damaged(pkg.path, f"the master worksheet holds {what} on {ref}, which sop cannot move when "
+                          f"removing row {rows.first}", "Remove the row in Excel instead.")
 
     def drop(el: etree._Element) -> None:
         parent = el.getparent()
@@ -267,6 +306,7 @@ class _RowShifter:
         self.pkg, self.sx, self.rows, self.own = pkg, sx, rows, own
         p = re.escape(sx.prefix)
         self.renum_re = re.compile(rb"(<" + p + rb'(?:row|c) r="[A-Za-z]*)\d+"')
+        self.any_tag_re = re.compile(rb"<" + p + rb"(?:row|c)(\s[^>]*?)?/?>")
         self.f_tag = b"<" + sx.prefix + b"f"
         self.f_re = re.compile(rb"<" + p + rb"f(\s[^>]*)?(?:/>|>(.*?)</" + p + rb"f>)", re.S)
         self.shared: dict[str, tuple[int, int, str]] = {}
@@ -275,9 +315,13 @@ class _RowShifter:
         sx, rows = self.sx, self.rows
         has_f = self.f_tag in chunk
         if not has_f:
-            last = sx.row_num_re.findall(chunk)
-            if not last or int(last[-1]) < rows.first:
+            s0 = chunk.rfind(sx.row_tag)
+            m = sx.row_re.match(chunk, s0) if s0 >= 0 else None
+            last = sx.row_number(m.group(1)) if m is not None else None
+            if last is None or last < rows.first:
                 return chunk
+        # r first in every row and cell (the usual spelling): one regex renumbers a row
+        usual = sx.no_r_re.search(chunk) is None
         out: list[bytes] = []
         pos = 0
         for r, s0, _s1, e in row_spans(chunk, sx):
@@ -292,14 +336,32 @@ class _RowShifter:
                 continue
             if new != r:
                 nb = str(new).encode()
-                def renumber(m: re.Match[bytes], nb: bytes = nb) -> bytes:
-                    return m.group(1) + nb + b'"'
-                xml = self.renum_re.sub(renumber, xml)
+                if usual:
+                    def renumber(m: re.Match[bytes], nb: bytes = nb) -> bytes:
+                        return m.group(1) + nb + b'"'
+                    xml = self.renum_re.sub(renumber, xml)
+                else:
+                    xml = self.renumber_any(xml, r, nb)
             if has_f and self.f_tag in xml:
                 xml = self.formulas(xml, r, new)
             out.append(xml)
         out.append(chunk[pos:])
         return b"".join(out)
+
+    def renumber_any(self, row_xml: bytes, r: int, nb: bytes) -> bytes:
+        """Give a row and its cells the row number ``nb``, their ``r`` wherever it is among the attributes."""
+        def tag(m: re.Match[bytes]) -> bytes:
+            attrs = m.group(1) or b""
+            sp = attr_span(attrs, b"r")
+            if sp is None:
+                raise damaged(self.pkg.path, f"row {r} has a cell without an r attribute")
+            old = attrs[sp[0]:sp[1]]
+            letters = old.rstrip(b"0123456789")
+            if letters == old:
+                raise damaged(self.pkg.path, f"row {r} has a cell whose r attribute {old.decode()!r} has no row")
+            a = m.start(1)
+            return row_xml[m.start():a + sp[0]] + letters + nb + row_xml[a + sp[1]:m.end()]
+        return self.any_tag_re.sub(tag, row_xml)
 
     def formulas(self, row_xml: bytes, r: int, new: int | None) -> bytes:
         """Rewrite the formulas of one row (old number ``r``); ``new`` None: the row goes away."""
@@ -309,10 +371,13 @@ class _RowShifter:
             c_xml = m.group(0)
             if self.f_tag not in c_xml:
                 return c_xml
-            rm = sx.cell_r_re.search(m.group(1) or b"")
-            if not rm:
+            ref = sx.cell_ref(m.group(1))
+            if ref is None:
                 raise damaged(self.pkg.path, f"row {r} has a formula cell without an r attribute")
-            col = col_index(rm.group(1))
+            col = col_index(ref[0])
+            if col > MAX_COL:
+                raise damaged(self.pkg.path, f"row {r} has a cell {ref[0].decode()}{ref[1].decode()} past the "
+                              "last column XFD", "Open and re-save the workbook in Excel.")
             return self.f_re.sub(lambda fm: self.formula(fm, r, col, new), c_xml, count=1)
         return sx.cell_re.sub(cell, row_xml)
 

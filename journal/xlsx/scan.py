@@ -24,12 +24,13 @@ class Sx:
         p = re.escape(prefix)
         self.row_tag = b"<" + p0 + b"row"
         self.sheetdata_end = b"</" + p0 + b"sheetData>"
-        self.sheetdata_re = re.compile(rb"<" + p + rb"sheetData(?:\s[^>]*)?(/?)>")
+        self.sheetdata_re = re.compile(rb"<" + p + rb"sheetData(?:\s[^>]*?)?(/?)>")
         self.row_re = re.compile(rb"<" + p + rb"row(\s[^>]*?)?(/?)>")
         self.row_end = b"</" + p0 + b"row>"
-        self.row_r_re = re.compile(rb"""\sr\s*=\s*["'](\d+)["']""")
+        self.row_r_re = re.compile(rb'\s+r="(\d+)"')          # r first: the usual spelling
         self.cell_re = re.compile(rb"<" + p + rb"c(\s[^>]*?)?(?:/>|>(.*?)</" + p + rb"c>)", re.S)
-        self.cell_r_re = re.compile(rb"""\sr\s*=\s*["']([A-Za-z]{1,3})(\d+)["']""")
+        self.cell_tag_re = re.compile(rb"<" + p + rb"c(\s[^>]*?)?/?>")
+        self.cell_r_re = re.compile(rb'\s+r="([A-Za-z]{1,3})(\d+)"')
         self.cell_t_re = re.compile(rb"""\st\s*=\s*["'](\w+)["']""")
         self.cell_s_re = re.compile(rb"""\ss\s*=\s*["'](\d+)["']""")
         self.v_re = re.compile(rb"<" + p + rb"v(?:\s[^>]*)?>(.*?)</" + p + rb"v>", re.S)
@@ -38,11 +39,55 @@ class Sx:
         self.content_re = re.compile(rb"<" + p + rb"v(?:\s[^>]*)?>[^<]|<" + p + rb"t(?:\s[^>]*)?>[^<]|<"
                                      + p + rb"f[\s>/]")
         self.sst = SharedStrings([], prefix)   # for inline rich text
-        self.no_r_re = re.compile(rb"<" + p + rb"""(?:c|row)(?! r=")[\s>/]""")
+        self.no_r_re = re.compile(rb"<" + p + rb"""(?:c|row)(?! r=")[\s>/]""")   # r missing or not first
         self.row_num_re = re.compile(rb"<" + p + rb'row r="(\d+)"')
         self.row_r = b"<" + p0 + b'row r="'
         self.v_open = b"<" + p0 + b"v>"
         self.v_close = b"</" + p0 + b"v>"
+
+    def row_number(self, attrs: bytes | None) -> int | None:
+        """A row's ``r`` from its start tag's attributes, in any order; None when it has none (or not a number)."""
+        if not attrs:
+            return None
+        m = self.row_r_re.match(attrs)
+        if m:
+            return int(m.group(1))
+        v = attr_value(attrs, b"r")
+        return int(v) if v is not None and v.isdigit() else None
+
+    def cell_ref(self, attrs: bytes | None) -> tuple[bytes, bytes] | None:
+        """A cell's ``r`` as (column letters, row digits), in any order; None when it has none."""
+        if not attrs:
+            return None
+        m = self.cell_r_re.match(attrs)
+        if m is None:
+            v = attr_value(attrs, b"r")
+            if v is None:
+                return None
+            m = _CELL_REF_RE.fullmatch(v)
+            if m is None:
+                return None
+        return m.group(1), m.group(2)
+
+    def row_numbers(self, chunk: bytes) -> list[int] | None:
+        """The number of every row in a chunk, in order; None when a row or cell has no ``r``.
+
+        The common spelling (``r`` the first attribute, in double quotes) costs two searches in
+        C; any other order or quoting falls back to reading each row's and cell's attributes.
+        """
+        nums = self.row_num_re.findall(chunk)
+        if len(nums) == chunk.count(self.row_r) and not self.no_r_re.search(chunk):
+            return list(map(int, nums))
+        out = []
+        for m in self.row_re.finditer(chunk):
+            r = self.row_number(m.group(1))
+            if r is None:
+                return None
+            out.append(r)
+        for m in self.cell_tag_re.finditer(chunk):
+            if self.cell_ref(m.group(1)) is None:
+                return None
+        return out
 
     def cell_value(self, attrs: bytes, inner: bytes | None, sst: SharedStrings) -> Value | None:
         """The value a cell shows (its cached value for formulas); None when empty."""
@@ -83,7 +128,24 @@ def _inline_text(body: bytes, sx: Sx) -> str:
     return sx.sst.decode_rich(body)
 
 
-_SHEETDATA_ANY_RE = re.compile(rb"<([A-Za-z_][\w.-]*:)?sheetData(?:\s[^>]*)?(/?)>")
+_SHEETDATA_ANY_RE = re.compile(rb"<([A-Za-z_][\w.-]*:)?sheetData(?:\s[^>]*?)?(/?)>")
+_ATTR_RE = re.compile(rb"""([^\s=<>/"']+)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+_CELL_REF_RE = re.compile(rb"([A-Za-z]{1,3})(\d+)")
+
+
+def attr_span(attrs: bytes, name: bytes) -> tuple[int, int] | None:
+    """Where the value of attribute ``name`` (unprefixed) lies in a start tag's attribute text, in any
+    order and either quote; None when the tag has no such attribute."""
+    for m in _ATTR_RE.finditer(attrs):
+        if m.group(1) == name:
+            g = 2 if m.group(2) is not None else 3
+            return m.start(g), m.end(g)
+    return None
+
+
+def attr_value(attrs: bytes, name: bytes) -> bytes | None:
+    sp = attr_span(attrs, name)
+    return None if sp is None else attrs[sp[0]:sp[1]]
 
 
 @dataclass
@@ -197,12 +259,7 @@ def row_spans(seg: bytes, sx: Sx) -> Iterator[tuple[int | None, int, int, int]]:
         m = row_re.search(seg, pos)
         if not m:
             return
-        attrs = m.group(1)
-        r = None
-        if attrs:
-            rm = sx.row_r_re.search(attrs)
-            if rm:
-                r = int(rm.group(1))
+        r = sx.row_number(m.group(1))
         if m.group(2):
             end = m.end()
         else:
@@ -225,31 +282,39 @@ class Scan:
     last_content_end: int = 0      # offset, in the sheetData body, just after that row's element
     max_row: int = 0
     body_len: int = 0
+    rest: list[bytes] | None = None   # (``keep_rest``) the sheetData body after ``last_content_end``
 
 
-def _check_chunk(chunk: bytes, sx: Sx, pkg: Package, part: str) -> None:
+def _check_chunk(chunk: bytes, sx: Sx, pkg: Package, part: str) -> list[int]:
+    """Refuse what sop does not edit among the rows of a chunk; returns the chunk's row numbers."""
     if b"xmlns" in chunk:
         raise damaged(pkg.path, f"{part} holds a namespace declaration among its rows, which sop does not edit",
                       "Open and re-save the workbook in Excel.")
-    if sx.no_r_re.search(chunk):
+    nums = sx.row_numbers(chunk)
+    if nums is None:
         raise damaged(pkg.path, f"{part} has rows or cells without an r attribute, which sop does not edit",
                       "Open and re-save the workbook in Excel.")
+    return nums
 
 
-def scan_sheet(pkg: Package, part: str, validate: bool = True) -> Scan:
-    """Check the part's shape, find the last row holding content, and (``validate``) run expat over it."""
+def scan_sheet(pkg: Package, part: str, validate: bool = True, keep_rest: bool = False) -> Scan:
+    """Check the part's shape, find the last row holding content, and (``validate``) run expat over it.
+
+    With ``keep_rest`` the bytes after the last content row (where an append merges its rows) are
+    kept in ``Scan.rest``, so an append can check them before it writes anything.
+    """
     seg = Segments()
     scan: Scan | None = None
     offset = 0
     prev = 0
+    rest: list[bytes] = []
     for chunk in iter_sheet(pkg, part, validate, seg):
         sx = seg.sx
         assert sx is not None
         if scan is None:
             scan = Scan(seg, sx)
         check_odd(pkg, part, seg)
-        _check_chunk(chunk, sx, pkg, part)
-        nums = list(map(int, sx.row_num_re.findall(chunk)))
+        nums = _check_chunk(chunk, sx, pkg, part)
         if nums:
             if nums[0] <= prev or nums[-1] > MAX_ROW or not all(map(operator.lt, nums, nums[1:])):
                 bad = next((b for a, b in zip([prev, *nums], nums, strict=False) if b <= a), nums[-1])
@@ -258,31 +323,39 @@ def scan_sheet(pkg: Package, part: str, validate: bool = True) -> Scan:
             prev = nums[-1]
             scan.max_row = nums[-1]
         end = len(chunk)
+        found = False
         while end > 0:
             s0 = chunk.rfind(sx.row_tag, 0, end)
             if s0 < 0:
                 break
             if sx.content_re.search(chunk, s0, end):
                 m = sx.row_re.match(chunk, s0)
-                rm = sx.row_num_re.match(chunk, s0)
-                if m is None or rm is None:
+                r = sx.row_number(m.group(1)) if m is not None else None
+                if m is None or r is None:
                     raise damaged(pkg.path, f"{part}: a row cannot be parsed")
                 if m.group(2):
                     row_end = m.end()
                 else:
                     row_end = chunk.find(sx.row_end, m.end(), end)
                     if row_end < 0:
-                        raise damaged(pkg.path, f"{part}: row {rm.group(1).decode()} has no end tag")
+                        raise damaged(pkg.path, f"{part}: row {r} has no end tag")
                     row_end += len(sx.row_end)
-                scan.last_content_row = int(rm.group(1))
+                scan.last_content_row = r
                 scan.last_content_end = offset + row_end
+                found = True
+                if keep_rest:
+                    rest = [chunk[row_end:]]
                 break
             end = s0
+        if keep_rest and not found:
+            rest.append(chunk)
         offset += len(chunk)
     if scan is None:   # no rows at all
         assert seg.sx is not None
         scan = Scan(seg, seg.sx)
     scan.body_len = offset
+    if keep_rest:
+        scan.rest = rest
     check_odd(pkg, part, seg)
     return scan
 
