@@ -351,6 +351,14 @@ def _gate(ws: Workspace, tx: wal.TxState, now: datetime) -> dict[str, Any]:
         sheet.check_row(view, row)
     except Refused as e:
         raise Refused(f"Validation failed: {where}: {e.message}", detail=hint) from None
+    try:                        # everything the writer would refuse, before the decision (never a stuck commit)
+        sheet.check_writable(ws, rows=[row], view=view)
+    except (Refused, SheetDamaged) as e:
+        raise Refused(f"Validation failed: the Master Sheet cannot take the row: {e.message}",
+                      detail=f"{e.detail + ' ' if e.detail else ''}Nothing was decided: fix the sheet, then "
+                             f"'sop-commit {tx.txid}' again, or 'sop-abort {tx.txid}'.") from None
+    except PermissionError:
+        pass                    # held open (Windows): the writer retries, then rolls back or defers
     return row
 
 

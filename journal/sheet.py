@@ -69,6 +69,7 @@ class SheetView:
         self._keylists = keys
         self._maps: tuple[dict[str, list[int]], dict[str, list[int]]] | None = None
         self.stamp: list[int] = []                  # the file version this index describes
+        self.writable = False                       # this version passed the writer's checks (sop wrote it)
 
     @property
     def rows(self) -> list[SheetRow]:
@@ -158,6 +159,7 @@ class _Index(msgspec.Struct, array_like=True):
     run_ids: list[str]
     skeys: list[str]
     rkeys: list[str]
+    writable: bool = False          # the writer's checks passed on this version (it wrote it, or checked it)
 
 
 _encode_index = msgspec.msgpack.Encoder().encode
@@ -194,6 +196,7 @@ def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None, 
             view = SheetView(path, idx.worksheet, idx.header_row, idx.headers, idx.columns,
                              lists=(idx.numbers, idx.strategies, idx.run_ids), keys=(idx.skeys, idx.rkeys))
             view.stamp = stamp
+            view.writable = idx.writable
             return view
     except (OSError, msgspec.DecodeError, msgspec.ValidationError):
         pass
@@ -207,7 +210,7 @@ def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None, 
 def _save_index(ws: Workspace, view: SheetView) -> None:
     sk, rk = view.keylists()
     idx = _Index(view.stamp, view.worksheet, view.header_row, view.headers, view.columns,
-                 view.numbers, view.strategies, view.run_ids, sk, rk)
+                 view.numbers, view.strategies, view.run_ids, sk, rk, view.writable)
     try:
         if not ws.cache_dir.is_dir():
             fsops.mkdir(ws.cache_dir, parents=True, exist_ok=True)
@@ -309,11 +312,20 @@ def check_writable(ws: Workspace, count: int = 1, *, rows: list[dict[str, Any]] 
     _check_readable(path)
     if view is None or not view.stamp or view.stamp != _stamp(path):
         view = read(ws)
+    if view.writable and view.stamp == _stamp(path):
+        last = max(view.numbers, default=view.header_row)      # sop wrote this version: only the room is new
+        if last + count > _x().MAX_ROW:
+            raise Refused(f"the Master Sheet is full: {count} new row(s) after row {last:,} would pass Excel's "
+                          f"last row {_x().MAX_ROW:,}", detail="Start a new Master Sheet ([sheet] path).")
+        return
     if rows is not None:
         columns = sorted({c for r in rows for c in build_row(view, r)}) or sorted(view.headers)
     else:
         columns = sorted(view.headers)
     _x().check_append(path, ws.config.worksheet or None, count, columns)
+    if view.stamp and view.stamp == _stamp(path):           # trust this version from now on (keyed on its stat)
+        view.writable = True
+        _save_index(ws, view)
 
 
 def append(ws: Workspace, rows: list[dict[str, Any]], view: SheetView | None = None) -> list[int]:
@@ -343,6 +355,7 @@ def append(ws: Workspace, rows: list[dict[str, Any]], view: SheetView | None = N
                                old.strategies + [names.cell_text(c.get(sc)) for c in cells],
                                old.run_ids + [names.cell_text(c.get(rc)) for c in cells]))
         new.stamp = _stamp(path, st)
+        new.writable = True         # sop's own output, which its writer accepts
         _save_index(ws, new)
 
     numbers: list[int] = _x().append_rows(path, ws.config.worksheet or None, cells, cache_new_index)

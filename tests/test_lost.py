@@ -351,3 +351,72 @@ def test_restore_sweep_puts_back_the_rows_an_adopted_sheets_first_sweep_removed(
     assert [(i["strategy"], i["done"]) for i in res["items"]] == [("Old1", True), ("Old2", True)]
     assert [x[:3] for x in rows_openpyxl(r)[1:]] == [["Old1", "r1", 1.25], ["Old2", "r2", 0.5]]
     sop(r, "restore", "--sweep", "tx-nope", code=4)
+
+
+# ---------------------------------------------------------------- sheets the writer would refuse: refused at the gate
+
+def _rewrite_sheet_xml(path: Path, fn: Any) -> None:
+    """Rewrite the first worksheet part of a workbook with ``fn(xml) -> xml`` (other members copied as they are)."""
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        members = [(i, z.read(i.filename)) for i in z.infolist()]
+    tmp = path.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as out:
+        for info, data in members:
+            out.writestr(info, fn(data) if info.filename == "xl/worksheets/sheet1.xml" else data)
+    tmp.replace(path)
+
+
+def _person_sheet(root: Path) -> None:
+    import openpyxl
+    wb = openpyxl.Workbook()
+    wb.active.append(["Strategy", "RunID", "Sharpe"])
+    wb.active.append(["Old1", "r1", 1.0])
+    wb.active.append(["Old2", "r2", 2.0])
+    wb.save(sheet_path(root))
+
+
+def test_a_sheet_with_rows_out_of_order_is_refused_at_the_gate_not_stuck(root: Path) -> None:
+    import re
+    _person_sheet(root)
+
+    def swap(xml: bytes) -> bytes:
+        rows = re.findall(rb"<row [^>]*>.*?</row>", xml, re.S)
+        return xml.replace(rows[1] + rows[2], rows[2] + rows[1])
+    _rewrite_sheet_xml(sheet_path(root), swap)
+    tx = journal.begin("Alpha", root=root, owner_pid=os.getpid())
+    (Path(tx.strategy_dir) / "run_metadata.json").write_text(json.dumps({"run_id": tx.run_id}))
+    before = sheet_path(root).read_bytes()
+    p = sop(root, "commit", tx.txid, code=1)
+    assert "Validation failed: the Master Sheet cannot take the row" in p.stderr and "order" in p.stderr
+    assert json.loads(sop(root, "status", "--json").stdout)["transactions"][0]["state"] == "begun"  # not decided
+    assert sheet_path(root).read_bytes() == before
+    sop(root, "recover")                                  # nothing stuck: recovery has nothing to do
+    sop(root, "abort", tx.txid)
+
+
+def test_a_sheet_whose_rows_carry_r_last_commits(root: Path) -> None:
+    """As LibreOffice <= 4.1 and old Google Docs write them: attribute order carries no meaning."""
+    import re
+    _person_sheet(root)
+
+    def r_last(xml: bytes) -> bytes:
+        def move(m: re.Match[bytes]) -> bytes:
+            tag, attrs = m[1], m[2]
+            r = re.search(rb'\sr="[^"]*"', attrs)
+            if r is None:
+                return m[0]
+            first = b' spans="1:3"' if tag == b"row" else b' s="0"'
+            rest = attrs.replace(r[0], b"")
+            return b"<" + tag + (rest if rest.strip() else first) + r[0] + m[3]
+        return re.sub(rb"<(row|c)(\s[^>]*?)(/?>)", move, xml)
+    _rewrite_sheet_xml(sheet_path(root), r_last)
+    import zipfile
+    xml = zipfile.ZipFile(sheet_path(root)).read("xl/worksheets/sheet1.xml")
+    assert b'<row r="' not in xml and b'<c r="' not in xml and b' r="A2"' in xml
+    a = commit(root, "Alpha", sharpe=1.5)
+    b = commit(root, "Beta", sharpe=0.5)
+    got = rows_openpyxl(root)
+    assert [r[:3] for r in got[1:]] == [["Old1", "r1", 1.0], ["Old2", "r2", 2.0], ["Alpha", a.run_id, 1.5],
+                                        ["Beta", b.run_id, 0.5]]
+    assert rows_calamine(root)[2:] == [("Alpha", a.run_id), ("Beta", b.run_id)]
