@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "bin"
 sys.path.insert(0, str(ROOT))
 
-from journal import wal  # noqa: E402
+from journal import ledger, wal  # noqa: E402
 
 TARGET = "Target_Strategy"
 OWNER = {"host": "bench-host", "pid": 4242, "start": "81234", "boot": "6f1c2d4e-0b1a-4c1e-9f0e-2a7d5b3c8e91",
@@ -88,6 +88,7 @@ class Gen:
         self.first = 1
         self.segments: list[wal.Segment] = []
         self.states: dict[str, wal.TxState] = {}
+        self.ledger: dict[str, ledger.Entry] = {}
         self.t = datetime(2024, 1, 1, tzinfo=UTC)
         self.n = 0
 
@@ -104,6 +105,9 @@ class Gen:
         rec = wal.Record(seq=self.seq, txid=txid, type=type_, time="", user="", host="", pid=0, prev="", data=data)
         wal.apply(self.states, rec)
         st = self.states[txid]
+        op = ledger.op_of(rec, st.kind, st.strategy, st.run_id)
+        if op is not None:
+            ledger.apply_op(self.ledger, op)
         if st.state not in wal.OPEN_STATES:
             del self.states[txid]                     # as after a seal: only open ones are kept
 
@@ -114,6 +118,7 @@ class Gen:
         digest = hashlib.sha256(data).hexdigest()
         self.segments.append(wal.Segment(name=name, first=self.first, last=self.seq, bytes=len(data), sha256=digest))
         cp = wal.Checkpoint(seq=self.seq, hash=self.hash, segments=list(self.segments), open=dict(self.states))
+        ledger.write(self.cp_path.parent, self.ledger, self.seq, self.hash)     # as a seal writes it, first
         self.cp_path.write_bytes(wal.msgspec.json.encode(cp))
         (self.index_dir / f"{name}.json").write_bytes(wal.msgspec.json.encode(wal.build_index(name, data, digest)))
         self.buf = bytearray()

@@ -114,6 +114,10 @@ def test_a_stale_save_is_reported_everywhere_and_nothing_is_deleted(root: Path) 
     header = [str(h).lower() for h in got[0]]
     assert got[2][:3] == ["Beta", beta.run_id, beta.txid] and got[3][:2] == ["Gamma", gamma.run_id]
     assert rows_calamine(root)[1:] == [("Beta", beta.run_id), ("Gamma", gamma.run_id)]
+    if shutil.which("soffice") or shutil.which("libreoffice"):            # CI installs it: a real office suite
+        from fixtures_xlsx import soffice_csv
+        lo = soffice_csv(sheet_path(root), root.parent / "lo")
+        assert [(r[0], r[1]) for r in lo[1:] if any(r)] == rows_calamine(root)
     assert "sharpe" not in header                      # the default sheet has no such column; nothing invented
     assert json.loads(sop(root, "status", "--json").stdout)["lost"]["rows"] == []
     sop(root, "sweep", "--exit-code")
