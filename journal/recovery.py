@@ -26,8 +26,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from . import fsops, names, sheet, txn, wal
-from .errors import Refused, SheetLocked, SopError
+from .errors import IOFailure, Refused, SheetLocked, SopError
 from .owner import pid_running
+from .render import NOT_JSON
 from .states import DECIDED_STATES
 from .txn import Session, TxInfo
 from .when import parse_duration
@@ -51,6 +52,7 @@ class RecoverResult:
     live: list[TxInfo] = field(default_factory=list)
     waiting_for_sheet: str | None = None
     failed: list[str] = field(default_factory=list)           # txids that need a person (see their actions)
+    causes: list[SopError] = field(default_factory=list, metadata=NOT_JSON)   # why, each as its error class
     lost: txn.LostReport = field(default_factory=txn.LostReport)   # committed rows the sheet no longer holds
 
     @property
@@ -59,8 +61,12 @@ class RecoverResult:
         if self.dry_run:
             return None
         if self.failed:
-            return Refused(f"{len(self.failed)} transaction(s) could not be finished: {', '.join(self.failed)}",
-                           detail="Each is listed above with why and what to do; the others were recovered.")
+            message = f"{len(self.failed)} transaction(s) could not be finished: {', '.join(self.failed)}"
+            detail = "Each is listed above with why and what to do; the others were recovered."
+            worst = max(self.causes, key=lambda e: e.exit_code, default=None)
+            if worst is not None and worst.exit_code == IOFailure.exit_code:     # the disk failed, not a decision
+                return IOFailure(message, detail=detail + " Fix the cause, then run 'sop-recover' again.")
+            return Refused(message, detail=detail)
         if self.waiting_for_sheet is not None:
             return SheetLocked(f"the Master Sheet is locked by {self.waiting_for_sheet}; decided rows still wait",
                                locked_by=self.waiting_for_sheet)
@@ -182,6 +188,7 @@ def recover(*, root: RootArg = None, dry_run: bool = False, older_than: str | ti
         for a in actions:
             if a.action == "leave alone":
                 out.failed.append(a.txid)
+                out.causes.append(Refused(a.detail))
             elif a.action == "adopt":
                 view = _sheet(ws)
                 row = _its_row(view, w.states[a.txid])
@@ -229,6 +236,7 @@ def recover(*, root: RootArg = None, dry_run: bool = False, older_than: str | ti
                 if a.txid in fr.blocked:
                     a.detail = f"needs a person: {fr.blocked[a.txid]}"
                     out.failed.append(a.txid)
+                    out.causes.append(Refused(fr.blocked[a.txid]))
                 elif not a.done and fr.locked_by:
                     a.detail = f"waiting: the Master Sheet is locked by {fr.locked_by}"
             out.waiting_for_sheet = fr.locked_by or out.waiting_for_sheet
@@ -241,9 +249,10 @@ def recover(*, root: RootArg = None, dry_run: bool = False, older_than: str | ti
 
 
 def _failed(out: RecoverResult, a: Action, e: BaseException, action: str = "") -> None:
-    why = e.message if isinstance(e, SopError) else f"I/O error: {e}"
-    a.detail = (a.detail + "; " if a.detail else "") + f"not done: {why}" + (f"; {action}" if action else "")
+    err = e if isinstance(e, SopError) else IOFailure(f"I/O error: {e}")
+    a.detail = (a.detail + "; " if a.detail else "") + f"not done: {err.message}" + (f"; {action}" if action else "")
     out.failed.append(a.txid)
+    out.causes.append(err)
 
 
 __all__ = ["recover", "plan", "RecoverResult", "Action"]
