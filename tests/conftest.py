@@ -223,3 +223,14 @@ def ws(tmp_path: Path) -> WS:
     sop("init", "-C", str(root))
     (root / ".sop" / "config.toml").write_text(FAST_CONFIG)
     return WS(root)
+
+
+@pytest.fixture
+def api_root(tmp_path: Path) -> Path:
+    """A workspace made through the Python API (``journal.init``), with the fast lock settings."""
+    import journal
+    root = tmp_path / "ws"
+    root.mkdir()
+    journal.init(root)
+    (root / ".sop" / "config.toml").write_text(FAST_CONFIG)
+    return root

@@ -19,16 +19,11 @@ from journal import errors, render, txn, wal, workspace
 from journal.errors import Refused, SheetLocked
 
 T0 = datetime(2026, 3, 5, 12, 0, 0, tzinfo=UTC)
-FAST = "[lock]\ntimeout_seconds = 20\nretries = 2\nbackoff_seconds = 0\n"
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "ws"
-    r.mkdir()
-    journal.init(r)
-    (r / ".sop" / "config.toml").write_text(FAST)
-    return r
+def root(api_root: Path) -> Path:
+    return api_root
 
 
 def _rows(root: Path) -> list[list[object]]:

@@ -15,35 +15,22 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import conftest
 import pytest
-from click.testing import CliRunner
+from conftest import FAST_CONFIG as FAST
 
 import journal
-from journal import cli, repair
-
-FAST = "[lock]\ntimeout_seconds = 20\nretries = 1\nbackoff_seconds = 0\n"
+from journal import repair
 
 
-class Result:
-    def __init__(self, code: int, stdout: str, stderr: str) -> None:
-        self.returncode, self.stdout, self.stderr = code, stdout, stderr
-
-
-def sop(root: Path, cmd: str, *args: str, code: int | None = 0) -> Result:
-    """``sop CMD -C ROOT ARGS`` in-process; check the exit status (None: any)."""
-    r = CliRunner().invoke(cli.sop, [cmd, "-C", str(root), *args], catch_exceptions=False)
-    out = Result(r.exit_code, r.stdout, r.stderr)
-    assert code is None or r.exit_code == code, f"sop {cmd} {args}: exit {r.exit_code}\n{r.stdout}\n{r.stderr}"
-    return out
+def sop(root: Path, cmd: str, *args: str, code: int | None = 0) -> Any:
+    """``sop-CMD -C ROOT ARGS`` in-process (conftest's helper); check the exit status (None: any)."""
+    return conftest.sop(cmd, "-C", str(root), *args, code=code)
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "ws"
-    r.mkdir()
-    journal.init(r)
-    (r / ".sop" / "config.toml").write_text(FAST)
-    return r
+def root(api_root: Path) -> Path:
+    return api_root
 
 
 def sheet_path(root: Path) -> Path:
@@ -283,7 +270,7 @@ def test_one_stuck_transaction_does_not_stop_the_others(root: Path, monkeypatch:
     by = {a.txid: a for a in res.actions}
     assert by[free.txid].done is True and by[stuck.txid].done is False
     assert "not done" in by[stuck.txid].detail and res.failed == [stuck.txid]
-    assert res.error is not None and res.error.exit_code == 1
+    assert res.error is not None and res.error.exit_code == 5          # an I/O error: the disk, not a decision
     monkeypatch.setattr(fsops, "rename", real)
     again = journal.recover(root=root)
     assert [(a.txid, a.action, a.done) for a in again.actions] == [(stuck.txid, "finish rollback", True)]
