@@ -123,17 +123,21 @@ def _lost_steps(w: wal.Writer, ws: Workspace, view: sheet.SheetView, want: list[
     if want is None:                    # every lost row; an accepted loss comes back only when named
         missing = [e for e in missing if not e.accepted]
     if want is not None:
-        for t in want:
-            if t not in by_txid:
-                tx = wal.find_transaction(ws, t, w.j)
-                if tx is None:
-                    raise NoSuchTransaction(f"no such transaction: {t}",
-                                            detail="Action: 'sop-status' lists lost rows, 'sop-log' every transaction.")
-                on = [e for e in rows.values() if e.txid == t]
-                reason = (f"its row is on the sheet (row {view.run_rows(on[0].run_id)[0].number})" if on
-                          else f"it is {tx.state}, not a committed row the sheet lost")
-                raise Refused(f"cannot restore {t}: {reason}")
-        missing = [by_txid[t] for t in dict.fromkeys(want)]
+        for t in dict.fromkeys(want):
+            if t in by_txid:
+                continue
+            on = [e for e in rows.values() if e.txid == t and view.run_rows(e.run_id)]
+            if on:                      # back already (a restore that recovery finished): nothing to do
+                here = view.run_rows(on[0].run_id)[0].number
+                items.append(RestoreItem(t, on[0].strategy, on[0].run_id, "already on the sheet", done=True,
+                                         row=here))
+                continue
+            tx = wal.find_transaction(ws, t, w.j)
+            if tx is None:
+                raise NoSuchTransaction(f"no such transaction: {t}",
+                                        detail="Action: 'sop-status' lists lost rows, 'sop-log' every transaction.")
+            raise Refused(f"cannot restore {t}: it is {tx.state}, not a committed row the sheet lost")
+        missing = [by_txid[t] for t in dict.fromkeys(want) if t in by_txid]
     steps: list[dict[str, Any]] = []
     for e in missing:
         item = RestoreItem(e.txid, e.strategy, e.run_id, "")

@@ -345,10 +345,11 @@ def test_crash_at_every_point_of_restore(tmp_path: Path) -> None:
     def back_or_kept(root: Path) -> None:
         for t in txs:
             _whole_or_untouched(root, t)
-        p = run(root, "restore")                                        # a restore after the crash finishes the job
+        p = run(root, "restore", *names)                                # a restore after the crash finishes the job
         assert p.returncode == 0, p.stderr
         assert {(t["strategy"], t["run_id"]) for t in txs} <= set(sheet_rows(root))
-    n = crash_loop(tmp_path, setup, ["restore"], lost={t["run_id"] for t in txs}, expect=back_or_kept)
+    names = [t["txid"] for t in txs]                                    # accepted losses come back by name
+    n = crash_loop(tmp_path, setup, ["restore", *names], lost={t["run_id"] for t in txs}, expect=back_or_kept)
     assert n >= 6
 
 

@@ -149,9 +149,12 @@ def test_help_lists_every_command() -> None:
 def test_a_broken_command_module_fails_loudly_and_hides_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                                 command: str, module: str) -> None:
     """A task module that cannot be imported breaks its own command with the ImportError, never silently."""
+    import journal
     from journal import cli
+    journal.init(tmp_path)
     monkeypatch.delitem(sys.modules, module, raising=False)
     monkeypatch.setitem(sys.modules, module, None)                     # "import journal.janitor" now fails
+    monkeypatch.delattr(journal, module.rpartition(".")[2], raising=False)   # even if imported before
     runner = CliRunner()
     listing = runner.invoke(cli.sop, ["--help"])
     assert listing.exit_code == 0 and f"  {command} " in listing.output
