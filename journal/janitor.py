@@ -316,7 +316,8 @@ def _fmt_age(d: timedelta) -> str:
 def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], *, now: datetime,
              recovery_actions: dict[str, Any] | None = None, purge_older_than: timedelta | None = None,
              report_path: Path | None = None, progress: Progress | None = None,
-             lost: ledger.Lost | None = None, accept_sheet: bool = False) -> _Plan:
+             lost: ledger.Lost | None = None, accept_sheet: bool = False,
+             committed: dict[str, ledger.Entry] | None = None) -> _Plan:
     """Compare the sheet with ``backtests/`` and ``runs/``; the findings and the plan that fixes them.
 
     Reads, never writes.  ``recovery_actions`` (txid -> recovery Action) turns
@@ -324,8 +325,12 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
     ``lost`` (committed rows missing from the sheet) turns their folders
     into ``lost_row`` findings: quarantined, never deleted, and when the
     sheet looks like a stale save (unless ``accept_sheet``) nothing at all is
-    planned.
+    planned.  A zombie that belongs to a run in ``committed`` (the ledger:
+    an orphaned committed row's other folder, an accepted loss's folder
+    moved back) is quarantined whatever ``zombie_action`` says (invariant 8).
     """
+    ledger_s = {names.key(e.strategy): e for e in (committed or {}).values()}
+    ledger_r = dict(committed or {})
     plan = _Plan(rows=len(view.numbers))
     tick = progress or (lambda phase, done, total: None)
     bt_rel, rn_rel = ws.rel(ws.backtests), ws.rel(ws.runs)
@@ -514,7 +519,8 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
             for t, n in mine:
                 dst = txn.quarantine_name(ws.root / t / n, now)
                 steps.append({"op": "rename", "src": f"{t}/{n}", "dst": ws.rel(dst), "finding": "lost_row",
-                              "txid": lr.txid, "strategy": lr.strategy, "run_id": lr.run_id})
+                              "txid": lr.txid, "strategy": lr.strategy, "run_id": lr.run_id,
+                              "id": txn.folder_id(ws.root / t / n)})
             steps.append({"op": "accept_lost", "txid": lr.txid, "strategy": lr.strategy, "run_id": lr.run_id,
                           "strategy_dir": next((f"{t}/{n}" for t, n in mine if t == bt_rel), ""),
                           "run_dir": next((f"{t}/{n}" for t, n in mine if t == rn_rel), "")})
@@ -540,7 +546,10 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
                 row = cascade.get((top, k))
                 detail = (f"left behind by orphaned row {row}" if row is not None
                           else f"no row has {'strategy' if kind == 'zombie_folder' else 'run id'} '{name}'")
-                step = _zombie_step(ws, top, name, kind, zombie_action, now)
+                owner = (ledger_s if kind == "zombie_folder" else ledger_r).get(k)
+                if owner is not None:
+                    detail += f"; it belongs to committed {owner.txid}, so it is quarantined, never deleted"
+                step = _zombie_step(ws, top, name, kind, "quarantine" if owner is not None else zombie_action, now)
                 plan.add(Finding(kind, name if kind == "zombie_folder" else "",
                                  name if kind == "zombie_run" else "", path, _step_action(step),
                                  detail=detail, row=row), step)
@@ -562,7 +571,7 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
         elif purge_older_than is not None and age > purge_older_than:
             plan.add(Finding("quarantined", s, rid, path, "delete",
                              detail=f"quarantined {_fmt_age(age)} ago (older than {_fmt_age(purge_older_than)})"),
-                     {"op": "delete", "path": path, "finding": "quarantined"})
+                     {"op": "delete", "path": path, "finding": "quarantined", "id": txn.folder_id(ws.root / path)})
         else:
             young = f" (not older than {_fmt_age(purge_older_than)})" if purge_older_than is not None else ""
             plan.add(Finding("quarantined", s, rid, path, "keep", detail=f"quarantined {_fmt_age(age)} ago{young}"))
@@ -595,10 +604,11 @@ def _held_detail(tx: wal.TxState, why: str) -> str:
 
 def _zombie_step(ws: Workspace, top: str, name: str, kind: str, zombie_action: str, now: datetime) -> dict[str, Any]:
     path = f"{top}/{name}"
+    ident = txn.folder_id(ws.root / path)           # the redo acts on this folder only, never a newcomer's
     if zombie_action == "quarantine":
         dst = txn.quarantine_name(ws.root / path, now)
-        return {"op": "rename", "src": path, "dst": ws.rel(dst), "finding": kind}
-    return {"op": "delete", "path": path, "finding": kind}
+        return {"op": "rename", "src": path, "dst": ws.rel(dst), "finding": kind, "id": ident}
+    return {"op": "delete", "path": path, "finding": kind, "id": ident}
 
 
 def _step_action(step: dict[str, Any]) -> str:
@@ -703,7 +713,8 @@ def sweep(*, root: RootArg = None, fix: bool = False, report: str | os.PathLike[
         actions, _live = _recovery_plan(ws, j, now, view)
         lost, ledger_rows = txn.lost_rows(ws, j, view)
         plan = classify(ws, view, j.open_transactions(), now=now, recovery_actions=actions, purge_older_than=ot,
-                        report_path=report_path, progress=progress, lost=lost, accept_sheet=accept_sheet)
+                        report_path=report_path, progress=progress, lost=lost, accept_sheet=accept_sheet,
+                        committed=ledger_rows)
         result.lost = txn.lost_report(ws, lost)
     else:
         from . import recovery
@@ -714,9 +725,10 @@ def sweep(*, root: RootArg = None, fix: bool = False, report: str | os.PathLike[
         def make(w: wal.Writer) -> list[dict[str, Any]]:
             nonlocal plan
             view = sheet.read(ws)
-            lost, _rows = txn.lost_rows(ws, w.j, view)
+            lost, ledger_rows = txn.lost_rows(ws, w.j, view)
             plan = classify(ws, view, w.j.open_transactions(), now=now, purge_older_than=ot,
-                            report_path=report_path, progress=progress, lost=lost, accept_sheet=accept_sheet)
+                            report_path=report_path, progress=progress, lost=lost, accept_sheet=accept_sheet,
+                            committed=ledger_rows)
             result.lost = txn.lost_report(ws, lost)
             return plan.steps
 

@@ -236,6 +236,11 @@ def begin(strategy: str | None = None, *, run_id: str | None = None, directive: 
     with Session(ws).locked() as w:
         view = sheet.read(ws)
         skey = names.key(strategy)
+        plan = txn.unfinished_plan(w, strategy, run_id)
+        if plan is not None:                    # an unfinished plan still acts on the names it holds
+            raise Refused(f"Strategy '{strategy}' is named by an unfinished {plan.plan_kind} {plan.txid}.",
+                          detail=f"Action: 'sop-recover' finishes it (or 'sop-abort {plan.txid}' gives it up), "
+                                 "then run this again.")
         for tx in w.j.open_transactions():
             if tx.kind == "run" and names.key(tx.strategy) == skey:
                 raise Refused(f"Strategy '{strategy}' is held by {txn.describe(tx)}.",

@@ -35,7 +35,7 @@ from datetime import datetime
 from typing import Any
 
 from . import names, sheet, txn, wal
-from .errors import NoSuchTransaction, Refused, UsageError
+from .errors import NoSuchTransaction, Refused, SheetDamaged, UsageError
 from .ledger import Entry
 from .render import NOT_JSON
 from .txn import Session
@@ -106,10 +106,25 @@ def _why_not(w: wal.Writer, view: sheet.SheetView, rows: dict[str, Entry], strat
     holder = _holder(w, strategy, run_id)
     if holder is not None:
         return f"{txn.describe(holder)} holds its strategy or run id"
+    plan = txn.unfinished_plan(w, strategy, run_id)
+    if plan is not None:
+        return f"the unfinished {plan.plan_kind} {plan.txid} names it ('sop-recover' finishes it)"
     sk = names.key(strategy)
     newer = [e for e in rows.values() if names.key(e.strategy) == sk and e.seq > seq and not e.accepted]
     if newer:
         return f"strategy '{strategy}' has been run again since ({newer[0].txid}, run {newer[0].run_id})"
+    return None
+
+
+def _cannot_store(ws: Workspace, view: sheet.SheetView, row: dict[str, Any]) -> str | None:
+    """Why the sheet cannot take the row now (the writer's own checks), or None: asked before anything moves."""
+    try:
+        sheet.check_row(view, row)
+        sheet.check_writable(ws, rows=[row], view=view)
+    except (Refused, SheetDamaged) as e:
+        return f"the Master Sheet cannot take it: {e.message}"
+    except PermissionError:
+        return None                     # held open for a moment: the plan waits for the sheet like any write
     return None
 
 
@@ -146,6 +161,8 @@ def _lost_steps(w: wal.Writer, ws: Workspace, view: sheet.SheetView, want: list[
         tx = wal.find_transaction(ws, e.txid, w.j)
         if why is None and (tx is None or not tx.row):
             why = "the journal holds no values for its row"
+        if why is None and tx is not None and tx.row:
+            why = _cannot_store(ws, view, tx.row)
         back: list[dict[str, Any]] = []
         if why is None:
             for orig in (ws.rel(ws.strategy_dir(e.strategy)), ws.rel(ws.run_dir(e.run_id))):
@@ -192,10 +209,11 @@ def _sweep_steps(w: wal.Writer, ws: Workspace, view: sheet.SheetView, sweep_txid
     for d in tx.removed_rows:
         strategy, run_id = names.cell_text(d.get("strategy")), names.cell_text(d.get("run_id"))
         values = dict(d.get("values") or {})
-        own = names.cell_text(next((v for k, v in values.items() if names.header_key(k) == sheet.TXID), ""))
+        own = str(d.get("txid") or "") or names.cell_text(
+            next((v for k, v in values.items() if names.header_key(k) == sheet.TXID), ""))
         item = RestoreItem(own, strategy, run_id, "")
         items.append(item)
-        why = _why_not(w, view, rows, strategy, run_id, NEWEST)
+        why = _why_not(w, view, rows, strategy, run_id, NEWEST) or _cannot_store(ws, view, values)
         if why is not None:
             item.action, item.refused = f"refused: {why}", True
             continue
@@ -262,8 +280,17 @@ def release(strategy: str, *, delete: bool = False, root: RootArg = None, now: d
         if len(rows) > 1:
             raise Refused(f"Strategy '{strategy}' is on rows {', '.join(str(r.number) for r in rows)}: a person "
                           "decides which one stays.", detail="Action: remove the wrong row by hand, then release.")
+        plan = txn.unfinished_plan(w, strategy, None)
+        if plan is not None:
+            raise Refused(f"Strategy '{strategy}' is named by the unfinished {plan.plan_kind} {plan.txid}.",
+                          detail="Action: 'sop-recover' finishes it first.")
         sk = names.key(strategy)
-        entry = next((e for e in wal.committed_rows(ws, w.j).values() if names.key(e.strategy) == sk), None)
+        mine = [e for e in wal.committed_rows(ws, w.j).values() if names.key(e.strategy) == sk]
+        # the run the slot holds: the one on the row, else the newest whose loss is not accepted, else the newest
+        on_row = [e for e in mine if rows and names.key(e.run_id) == names.key(rows[0].run_id)]
+        ranked = on_row or sorted((e for e in mine if not e.accepted), key=lambda e: e.seq)[-1:] \
+            or sorted(mine, key=lambda e: e.seq)[-1:]
+        entry = ranked[0] if ranked else None
         name = rows[0].strategy if rows else (entry.strategy if entry else strategy)
         run_id = rows[0].run_id if rows else (entry.run_id if entry else "")
         out.strategy, out.run_id = name, run_id
@@ -277,11 +304,12 @@ def release(strategy: str, *, delete: bool = False, root: RootArg = None, now: d
         folders = [(top, real) for top, real in found if real is not None]
         for top, real in folders:
             rel = ws.rel(top / real)
+            ident = txn.folder_id(top / real)
             if delete:
-                steps.append({"op": "delete", "path": rel, "finding": "release"})
+                steps.append({"op": "delete", "path": rel, "finding": "release", "id": ident})
             else:
                 steps.append({"op": "rename", "src": rel, "dst": ws.rel(txn.quarantine_name(top / real, now)),
-                              "finding": "release"})
+                              "finding": "release", "id": ident})
         if not steps and entry is None:
             raise Refused(f"nothing to release: strategy '{strategy}' has no row, no folder and no committed run",
                           detail="Its slot is free: 'sop-begin' can run it.")

@@ -358,8 +358,13 @@ def abandon_plan(session: Session, txid: str, *, reason: str, now: datetime | No
             raise WrongState(f"{txid} is a {tx.plan_kind or 'sweep'} that is {tx.state}; only a planned one can be "
                              "abandoned")
         w.states[txid] = tx
-        w.append(txid, "abandon", {"reason": reason, "steps": len(tx.plan)}, now=clock(now))
-        return AbortResult(txid, "", "", "aborted")             # nothing moves now: what it did stays done
+        when = clock(now)
+        done = {d.get("step") for d in tx.restored}
+        for i, step in enumerate(tx.plan):          # a restore's folders moved back without their row: quarantine
+            if step.get("op") == "restore_row" and i not in done:
+                _requarantine(w, txid, step, when)
+        w.append(txid, "abandon", {"reason": reason, "steps": len(tx.plan)}, now=when)
+        return AbortResult(txid, "", "", "aborted")             # what it did stays done
 
 
 def finish_rollback(w: wal.Writer, tx: wal.TxState, now: datetime) -> AbortResult:
@@ -432,6 +437,31 @@ def row_values(view: sheet.SheetView, r: sheet.SheetRow) -> dict[str, Any]:
 FOLDER_OPS = ("delete", "rename")
 
 
+def folder_id(path: Path) -> list[int] | None:
+    """A folder's identity (device, inode), as a plan step records it; None when it is not there."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino]
+
+
+def plan_names(tx: wal.TxState) -> tuple[set[str], set[str]]:
+    """The strategy and run id keys an unfinished plan (a sweep, a release, a restore) will still touch."""
+    return wal.named("plan", {"steps": tx.plan})
+
+
+def unfinished_plan(w: wal.Writer, strategy: str, run_id: str | None, *, besides: str = "") -> wal.TxState | None:
+    """An unfinished plan that names the strategy or the run id: it would act on them when it is finished."""
+    skey, rkey = names.key(strategy), names.key(run_id) if run_id else None
+    for tx in w.j.open_transactions():
+        if tx.kind == "sweep" and tx.txid != besides:
+            p_s, p_r = plan_names(tx)
+            if skey in p_s or (rkey is not None and rkey in p_r):
+                return tx
+    return None
+
+
 def execute_plan(w: wal.Writer, txid: str, now: datetime, progress: Progress | None = None) -> dict[int, str]:
     """Do what a plan (a sweep, a release, a restore) still needs, each step announced first.
 
@@ -450,6 +480,10 @@ def execute_plan(w: wal.Writer, txid: str, now: datetime, progress: Progress | N
     skipped: dict[int, str] = {}
     announced_ren = dict(tx.renames)          # a redo renames to the destination already on record, if free
     done_before = set(tx.deleted) | set(announced_ren)
+    held: set[tuple[str, str]] = set()
+    for t in w.j.open_transactions():
+        if t.kind == "run":
+            held |= {(ws.rel(ws.backtests), names.key(t.strategy)), (ws.rel(ws.runs), names.key(t.run_id))}
     back = [(i, s) for i, s in enumerate(steps) if s.get("op") == "rename" and s.get("finding") == "restore"]
     for i, s in back:
         _folder_step(w, txid, i, s, announced_ren, done_before, None, set(), skipped, now)
@@ -457,15 +491,19 @@ def execute_plan(w: wal.Writer, txid: str, now: datetime, progress: Progress | N
     row_steps = [(i, s) for i, s in enumerate(steps) if s.get("op") == "remove_row"]
     if row_steps:
         full = sheet.read(ws, all_columns=True)
+        ledger_rows = wal.committed_rows(ws, w.j)
         numbers: list[int] = []
         for i, s in row_steps:
             r = match_row(full, s)
             if r is None:
                 skipped[i] = "the row is no longer on the sheet"
                 continue
+            owner = ledger_rows.get(names.key(r.run_id))         # the committed run whose row goes, if sop wrote it
             w.append(txid, "remove_row", {"step": i, "row_number": r.number, "strategy": r.strategy,
                                           "run_id": r.run_id, "values": row_values(full, r),
-                                          "finding": s.get("finding", "")}, now=now)
+                                          "finding": s.get("finding", ""),
+                                          "txid": owner.txid if owner and names.key(owner.strategy) ==
+                                          names.key(r.strategy) else ""}, now=now)
             numbers.append(r.number)
         if numbers:
             tick("removing rows", 0, len(numbers))
@@ -483,13 +521,12 @@ def execute_plan(w: wal.Writer, txid: str, now: datetime, progress: Progress | N
     restore = [(i, s) for i, s in enumerate(steps) if s.get("op") == "restore_row"]
     if restore:
         present = _restore_rows(w, txid, restore, skipped, now)
+        for i, s in restore:
+            if i in skipped:                     # the row could not come back: its folders go back to quarantine
+                _requarantine(w, txid, s, now)
     folder_steps = [(i, s) for i, s in enumerate(steps) if s.get("op") in FOLDER_OPS and (i, s) not in back]
     if folder_steps and present is None:
         present = present_keys(sheet.read(ws))
-    held: set[tuple[str, str]] = set()
-    for t in w.j.open_transactions():
-        if t.kind == "run":
-            held |= {(ws.rel(ws.backtests), names.key(t.strategy)), (ws.rel(ws.runs), names.key(t.run_id))}
     for n, (i, s) in enumerate(folder_steps):
         if not n % 256:
             tick("cleaning folders", n, len(folder_steps))
@@ -523,14 +560,17 @@ def _folder_step(w: wal.Writer, txid: str, i: int, s: dict[str, Any], announced_
         skipped[i] = "no longer a real folder"
         return
     top, _, name = rel.rpartition("/")
+    if s.get("id") and folder_id(target) != s["id"]:
+        skipped[i] = "another folder has its name now"        # e.g. a new run's, begun after a crash
+        return
+    if s.get("finding") != "restore" and (top, names.key(name)) in held:
+        skipped[i] = "an open transaction holds it now"
+        return
     if s.get("finding") in ZOMBIE_KINDS:
         assert present is not None
         keys = present[0] if top == ws.rel(ws.backtests) else present[1]
         if names.key(name) in keys:
             skipped[i] = "a row indexes it now"
-            return
-        if (top, names.key(name)) in held:
-            skipped[i] = "an open transaction holds it now"
             return
     extra: dict[str, Any] = {k: s[k] for k in ("txid", "strategy", "run_id") if k in s}
     # Announced every time it is about to happen: after a crash the folder may not be the one announced.
@@ -550,6 +590,25 @@ def _folder_step(w: wal.Writer, txid: str, i: int, s: dict[str, Any], announced_
     w.append(txid, "rename", {"step": i, "src": rel, "dst": dst_rel, "finding": s.get("finding", ""), **extra},
              now=now)
     fsops.rename(target, dst)
+
+
+def _requarantine(w: wal.Writer, txid: str, s: dict[str, Any], now: datetime) -> None:
+    """A restore whose row could not come back puts the folders it moved back into quarantine, journaled,
+    so they are never taken for zombies; the loss stays accepted, with where they are now."""
+    ws = w.ws
+    back = {dst: src for src, dst in w.states[txid].renames.items()}     # original path -> where it came from
+    moved: dict[str, str] = {}
+    for orig in (ws.rel(ws.strategy_dir(s["strategy"])), ws.rel(ws.run_dir(s["run_id"]))):
+        if orig not in back or not os.path.isdir(ws.root / orig) or os.path.islink(ws.root / orig):
+            continue
+        dst = quarantine_name(ws.root / orig, now)
+        w.append(txid, "rename", {"src": orig, "dst": ws.rel(dst), "finding": "lost_row", "txid": s.get("txid", ""),
+                                  "strategy": s["strategy"], "run_id": s["run_id"]}, now=now)
+        fsops.rename(ws.root / orig, dst)
+        moved[orig] = ws.rel(dst)
+    if moved and s.get("txid"):
+        w.append(txid, "lost_accepted", {"txid": s["txid"], "strategy": s["strategy"], "run_id": s["run_id"],
+                                         "moved": moved, "deleted": []}, now=now)
 
 
 def _restore_rows(w: wal.Writer, txid: str, restore: list[tuple[int, dict[str, Any]]], skipped: dict[int, str],

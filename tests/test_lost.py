@@ -411,3 +411,78 @@ def test_a_sheet_whose_rows_carry_r_last_commits(root: Path) -> None:
     assert [r[:3] for r in got[1:]] == [["Old1", "r1", 1.0], ["Old2", "r2", 2.0], ["Alpha", a.run_id, 1.5],
                                         ["Beta", b.run_id, 0.5]]
     assert rows_calamine(root)[2:] == [("Alpha", a.run_id), ("Beta", b.run_id)]
+
+
+# ---------------------------------------------------------------- found in review: a redo never touches a newcomer
+
+def test_an_unfinished_release_holds_its_name_until_recovery_finishes_it(root: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from journal import fsops
+    commit(root, "Keep")
+    commit(root, "Alpha")
+    real = fsops.rename
+    calls: list[int] = []
+
+    def crash_after_first(src: Any, dst: Any) -> None:
+        real(src, dst)
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt          # the process dies right after its first rename
+    monkeypatch.setattr(fsops, "rename", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        repair.release("Alpha", root=root)
+    monkeypatch.setattr(fsops, "rename", real)
+    with pytest.raises(journal.errors.Refused) as e:       # a new Alpha may not start under the half-done release
+        journal.begin("Alpha", root=root, owner_pid=os.getpid())
+    assert "unfinished release" in e.value.message and "sop-recover" in (e.value.detail or "")
+    journal.recover(root=root)
+    b = commit(root, "Alpha", sharpe=9.0)                  # now the slot is free, and the new run is left alone
+    assert (root / "backtests" / "Alpha" / "run_metadata.json").is_file() and b.committed is not None
+    sop(root, "sweep", "--fix", "--exit-code")
+    assert ("Alpha", b.run_id) in rows_calamine(root)
+
+
+def test_a_redo_acts_only_on_the_folder_its_plan_named(root: Path) -> None:
+    from journal import txn, workspace
+    (root / "runs" / "zrun").mkdir(parents=True)
+    ws = workspace.open_workspace(root)
+    step = {"op": "delete", "path": "runs/zrun", "finding": "zombie_run", "id": txn.folder_id(root / "runs" / "zrun")}
+    with txn.Session(ws).locked() as w:                    # a sweep that crashed after its plan
+        w.append("tx-crashed", "plan", {"steps": [step], "sweep": 1})
+    (root / "runs" / "zrun").rename(root.parent / "elsewhere")
+    (root / "runs" / "zrun").mkdir()                       # someone else's folder now has the name
+    (root / "runs" / "zrun" / "keep.txt").write_text("mine")
+    journal.recover(root=root)
+    assert (root / "runs" / "zrun" / "keep.txt").read_text() == "mine"
+    log = json.loads(sop(root, "log", "tx-crashed", "--json").stdout)["transactions"][0]
+    done = [r for r in log["records"] if r["type"] == "done"][0]
+    assert done["data"]["skipped"] == {"0": "another folder has its name now"}
+
+
+def test_an_orphaned_committed_rows_other_folder_is_quarantined_never_deleted(root: Path) -> None:
+    (root / ".sop" / "config.toml").write_text(FAST + '[sweep]\nzombie_action = "delete"\n')
+    a = commit(root, "Alpha")
+    shutil.rmtree(root / "runs" / a.run_id)                # its run snapshot is gone: the row is orphaned
+    doc = json.loads(sop(root, "sweep", "--fix", "--json").stdout)
+    kinds = {f["kind"]: f for f in doc["findings"]}
+    assert kinds["orphaned_row"]["done"] and kinds["zombie_folder"]["action"].startswith("quarantine to")
+    assert any(n.startswith("Alpha_FAILED_") for n in os.listdir(root / "backtests"))   # invariant 8
+
+
+def test_a_restore_the_sheet_cannot_take_moves_nothing(root: Path) -> None:
+    import openpyxl
+    with journal.transaction("Alpha", root=root) as tx:
+        (Path(tx.strategy_dir) / "run_metadata.json").write_text(
+            json.dumps({"run_id": tx.run_id, "notes": "bad\u0001char"}))   # no Notes column: committed fine
+    commit(root, "Keep")
+    wb = openpyxl.load_workbook(sheet_path(root))
+    wb.active.delete_rows(2)                               # Alpha's row removed by hand
+    wb.active.cell(row=1, column=5, value="Notes")         # and a person adds a Notes column
+    wb.save(sheet_path(root))
+    sop(root, "sweep", "--fix")                            # Alpha's folders quarantined (not a stale save)
+    before = tree(root)
+    p = sop(root, "restore", tx.txid, code=1)
+    assert "cannot take it" in p.stderr and "U+0001" in p.stderr
+    assert tree(root) == before                            # nothing moved back, so nothing can become a zombie
+    sop(root, "sweep", "--fix", "--exit-code")
+    assert tree(root) == before

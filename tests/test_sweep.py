@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import unicodedata
@@ -48,14 +49,17 @@ def row_pairs(ws: WS) -> list[tuple[str, str]]:
 
 
 def state(root: Path) -> dict[str, Any]:
-    """What a sweep may change: every path under backtests/ and runs/ (links not followed), and the rows."""
+    """What a sweep may change: every path under backtests/ and runs/ (links not followed), and the rows.
+
+    A quarantine name's time is the moment of the run that made it, so it is compared as ``_FAILED_<ts>``.
+    """
     paths = set()
     for top in ("backtests", "runs"):
         for dirpath, dirnames, filenames in os.walk(root / top):
             for n in dirnames + filenames:
                 rel = Path(dirpath, n).relative_to(root).as_posix()
                 if ".sop-tmp-" not in n:
-                    paths.add(rel)
+                    paths.add(re.sub(r"_FAILED_\d{8}T\d{6}Z", "_FAILED_<ts>", rel))
     return {"paths": paths, "rows": sheet_rows(root)}
 
 
@@ -576,7 +580,9 @@ def test_sop_recover_finishes_a_sweep_even_when_run_by_env(ws: WS) -> None:
     plan, delete = records(ws.root)
     assert plan["type"] == "plan" and plan["data"]["owner"]["pid"] == plan["pid"]
     assert delete["type"] == "delete" and (ws.root / "runs" / "zrun").is_dir()
-    assert plan["data"]["steps"] == [{"op": "delete", "path": "runs/zrun", "finding": "zombie_run"}]
+    st = os.lstat(ws.root / "runs" / "zrun")                   # the step names this very folder
+    assert plan["data"]["steps"] == [{"op": "delete", "path": "runs/zrun", "finding": "zombie_run",
+                                      "id": [st.st_dev, st.st_ino]}]
     ws.sop("recover")
     assert not (ws.root / "runs" / "zrun").exists()
     assert ws.json("status")["transactions"] == []
