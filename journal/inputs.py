@@ -198,6 +198,10 @@ def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=NoAliases)  # noqa: S506 - a SafeLoader without aliases
 
 
+def _no_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
+
+
 def read_directive(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A directive file's mapping (JSON, TOML or YAML by its suffix); Refused (exit 1) with why."""
     shown = os.fspath(path)
@@ -219,7 +223,13 @@ def read_directive(path: str | os.PathLike[str]) -> dict[str, Any]:
         elif kind == "YAML":
             data = _yaml_load(text)
         else:
-            data = _decode_any(raw)
+            try:
+                data = _decode_any(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                data = json.loads(text, parse_constant=_no_constant)    # the same verdict, a clearer reason
+                _no_surrogates(data)
+    except Unreadable as e:
+        raise Refused(f"directive {shown} {e}") from None
     except RecursionError:
         raise Refused(f"directive {shown} is nested too deeply") from None
     except Exception as e:  # each parser has its own error class

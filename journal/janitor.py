@@ -717,9 +717,18 @@ def _recovery_plan(ws: Workspace, j: wal.Loaded, now: datetime,
 
 
 def _mark_done(plan: _Plan, skipped: dict[int, str]) -> None:
-    """A finding is done when every step that fixes it was done (or found already done)."""
+    """A finding is done when every step that fixes it was done (or found already done).
+
+    A finding without steps inside a folder that the same sweep deleted or moved (a broken
+    ``run_metadata.json`` of a zombie, say) is done too: what it reported is gone.
+    """
+    gone = [s.get("path") or s.get("src") for i, s in enumerate(plan.steps)
+            if s["op"] in ("delete", "rename") and (i not in skipped or skipped[i] == "already gone")]
     for f in plan.findings:
         if not f.steps:
+            if f.path and any(g and (f.path == g or f.path.startswith(g + "/")) for g in gone):
+                f.done = True
+                f.detail = (f.detail + "; " if f.detail else "") + "gone with its folder"
             continue
         why = [skipped[i] for i in f.steps if i in skipped and skipped[i] != "already gone"]
         f.done = not why

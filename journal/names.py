@@ -138,12 +138,19 @@ def unsafe_reason(name: object, *, limit: int = DEFAULT_NAME_MAX) -> str | None:
     return None
 
 
+def shown(name: object) -> str:
+    """A name quoted for a message: characters that cannot be seen (or printed) as escapes."""
+    if not isinstance(name, str):
+        return repr(name)
+    return "'" + "".join(c if c.isprintable() and unicodedata.category(c) not in INVISIBLE_CATEGORIES
+                         else ascii(c)[1:-1] for c in name) + "'"
+
+
 def check_safe(name: object, what: str, *, limit: int = DEFAULT_NAME_MAX) -> None:
     """Refuse (exit 1) an unsafe strategy name or run id."""
     reason = unsafe_reason(name, limit=limit)
     if reason:
-        shown = ascii(name) if isinstance(name, str) else repr(name)
-        raise Refused(f"Unsafe {what} {shown}: {reason}.",
+        raise Refused(f"Unsafe {what} {shown(name)}: {reason}.",
                       detail=f"Action: choose a {what} that is a plain folder name.")
 
 
