@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from .errors import UsageError
 
-MAX_SECONDS = 100 * 366 * 86400      # a duration longer than a century is a typo (and near timedelta's limit)
+MAX_SECONDS = 1000 * 366 * 86400     # longer than a millennium is a typo (and "now - it" must stay after year 1)
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 AGE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*(?:ago)?\s*$", re.IGNORECASE)
 
@@ -32,7 +32,7 @@ def parse_duration(text: str | timedelta) -> timedelta:
             raise UsageError(f"not a duration: {text!r}",
                              detail="Use a number with s, m, h, d or w, e.g. 24h.") from None
     if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_SECONDS:
-        raise UsageError(f"not a duration sop accepts: {text!r} (it must be from 0 to 100 years)",
+        raise UsageError(f"not a duration sop accepts: {text!r} (it must be from 0 to 1000 years)",
                          detail="Use a number with s, m, h, d or w, e.g. 24h.")
     return text if isinstance(text, timedelta) else timedelta(seconds=seconds)
 

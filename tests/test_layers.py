@@ -152,6 +152,8 @@ def test_a_broken_command_module_fails_loudly_and_hides_nothing(monkeypatch: pyt
     from journal import cli
     monkeypatch.delitem(sys.modules, module, raising=False)
     monkeypatch.setitem(sys.modules, module, None)                     # "import journal.janitor" now fails
+    parent, _, child = module.rpartition(".")                          # and "from . import janitor" too, even
+    monkeypatch.delattr(sys.modules[parent], child, raising=False)     # after an earlier test imported it
     runner = CliRunner()
     listing = runner.invoke(cli.sop, ["--help"])
     assert listing.exit_code == 0 and f"  {command} " in listing.output
