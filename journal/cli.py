@@ -34,6 +34,11 @@ from .states import STATE_CHOICES
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+def _safe(text: str) -> str:
+    """Text that any stream can carry: a lone surrogate (from bytes that were not UTF-8) as its escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class Out:
     """What the common options asked for, and how to speak."""
 
@@ -46,10 +51,12 @@ class Out:
     def say(self, text: str, fg: str | None = None, bold: bool = False) -> None:
         """A message for people (stderr), unless quiet."""
         if not self.quiet:
+            text = _safe(text)
             click.echo(click.style(text, fg=fg, bold=bold) if self.color and (fg or bold) else text, err=True)
 
     def data(self, doc: Any) -> None:
-        click.echo(json.dumps(doc, indent=2, ensure_ascii=False, default=str))
+        # A lone surrogate (an argument or a path that was not UTF-8) goes out as its JSON escape.
+        click.echo(_safe(json.dumps(doc, indent=2, ensure_ascii=False, default=str)))
 
     def result(self, res: Any) -> None:
         """A result as the one JSON document on stdout."""
@@ -62,9 +69,10 @@ class Out:
             from .render import error_doc
             self.data({"error": error_doc(e.exit_code, e.message, e.detail)})
             return
-        click.echo((click.style("error: ", fg="red", bold=True) if self.color else "error: ") + e.message, err=True)
+        click.echo((click.style("error: ", fg="red", bold=True) if self.color else "error: ") + _safe(e.message),
+                   err=True)
         if e.detail:
-            click.echo(e.detail, err=True)
+            click.echo(_safe(e.detail), err=True)
 
 
 def common(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -69,9 +69,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from . import fsops, ledger, locks, names, sheet, txn, wal
+from . import fsops, inputs, ledger, locks, names, sheet, txn, wal
 from .errors import UsageError
 from .render import NOT_JSON
 from .txn import Progress, Session
@@ -193,53 +191,29 @@ def _scan(top: Path, skip: Callable[[str], bool]) -> tuple[list[_Entry], str | N
 
 
 
-class _Identity(msgspec.Struct):
-    """The two keys of ``run_metadata.json`` the identity check needs (the rest is skipped, not decoded)."""
-
-    run_id: Any = None
-    strategy: Any = None
-
-
-_decode_identity = msgspec.json.Decoder(_Identity).decode
-
-
-def read_identity(path: str) -> tuple[_Identity | None, str]:
+def read_identity(path: str) -> tuple[inputs.Identity | None, str]:
     """``run_id`` and ``strategy`` of a ``run_metadata.json``, or None and why it cannot be read.
 
-    A link is not followed (``O_NOFOLLOW``); a broken file is reported, never a reason to delete.
+    The commit gate's own reader (:func:`journal.inputs.read_metadata`), so the two never disagree.
+    A link is not followed; a broken file is reported, never a reason to delete.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW)
+        return inputs.read_metadata(path, identity=True), ""
     except FileNotFoundError:
         return None, "run_metadata.json is missing"
-    except OSError as e:
-        if os.path.islink(path):
-            return None, "run_metadata.json is a symbolic link (not followed)"
-        return None, f"run_metadata.json cannot be read: {e.strerror}"
-    try:
-        chunks = [os.read(fd, 1 << 16)]
-        while len(chunks[-1]) == 1 << 16:
-            chunks.append(os.read(fd, 1 << 20))
-    except OSError as e:
-        return None, f"run_metadata.json cannot be read: {e.strerror}"
-    finally:
-        os.close(fd)
-    try:
-        return _decode_identity(b"".join(chunks) if len(chunks) > 1 else chunks[0]), ""
-    except msgspec.ValidationError:
-        return None, "run_metadata.json does not hold a JSON object"
-    except msgspec.DecodeError as e:
-        return None, f"run_metadata.json is not valid JSON ({e})"
+    except inputs.Unreadable as e:
+        return None, f"run_metadata.json {e}"
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]{0,118}[A-Za-z0-9_\-])?\Z")
 
 
-def _unsafe(name: str) -> str | None:
+def _unsafe(name: str, limit: int) -> str | None:
     """:func:`journal.names.unsafe_reason`, with a fast path for plain ASCII names (most of them)."""
-    if _PLAIN.match(name) and "_FAILED_" not in name and name.split(".", 1)[0].upper() not in names.RESERVED:
+    if (_PLAIN.match(name) and "_FAILED_" not in name and name.split(".", 1)[0].upper() not in names.RESERVED
+            and len(name) <= names.max_name_bytes(limit)):
         return None
-    return names.unsafe_reason(name)
+    return names.unsafe_reason(name, limit=limit)
 
 
 # ---------------------------------------------------------------- classification
@@ -332,6 +306,7 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
     ledger_s = {names.key(e.strategy): e for e in (committed or {}).values()}
     ledger_r = dict(committed or {})
     plan = _Plan(rows=len(view.numbers))
+    limit = names.name_max(ws.root)
     tick = progress or (lambda phase, done, total: None)
     bt_rel, rn_rel = ws.rel(ws.backtests), ws.rel(ws.runs)
     sheet_name = ws.sheet.name if ws.sheet.parent == ws.backtests else None
@@ -365,7 +340,7 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
         folders = tops[rel]
         for e in entries:
             name = e.name
-            if e.what == "dir" and (reason := _unsafe(name)) is None:
+            if e.what == "dir" and (reason := _unsafe(name, limit)) is None:
                 k = names.key(name)
                 if k in folders:
                     folders[k].append(name)
@@ -447,7 +422,8 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
                              detail=f"{what} is on rows {', '.join(map(str, dup or dup_r or []))}", row=num))
             leave_alone(sk, rk)
             continue
-        bad = [(what, v, why) for what, v in (("strategy", strat), ("run id", rid)) if (why := _unsafe(v)) is not None]
+        bad = [(what, v, why) for what, v in (("strategy", strat), ("run id", rid))
+               if (why := _unsafe(v, limit)) is not None]
         if bad:
             what, v, why = bad[0]
             plan.add(Finding("unsafe_entry", strat, rid, "", REPORT_ONLY,
@@ -615,18 +591,18 @@ def _step_action(step: dict[str, Any]) -> str:
     return f"quarantine to {step['dst']}" if step["op"] == "rename" else "delete"
 
 
-def _read_chunk(paths: list[str]) -> list[tuple[_Identity | None, str]]:
+def _read_chunk(paths: list[str]) -> list[tuple[inputs.Identity | None, str]]:
     return [read_identity(p) for p in paths]
 
 
-def _read_identities(paths: list[str], tick: Progress) -> list[tuple[_Identity | None, str]]:
+def _read_identities(paths: list[str], tick: Progress) -> list[tuple[inputs.Identity | None, str]]:
     """:func:`read_identity` of many files; in threads when there are many, since a cold disk serves
     concurrent reads several times faster (100k files: ~18 s one by one, ~5 s with 16 threads)."""
     n = len(paths)
     if n < METADATA_BATCH:
         return _read_chunk(paths)
     size = -(-n // 64)
-    out: list[tuple[_Identity | None, str]] = [(None, "")] * n
+    out: list[tuple[inputs.Identity | None, str]] = [(None, "")] * n
     with ThreadPoolExecutor(METADATA_THREADS) as ex:
         futures = {ex.submit(_read_chunk, paths[i:i + size]): i for i in range(0, n, size)}
         done = 0
@@ -640,7 +616,7 @@ def _read_identities(paths: list[str], tick: Progress) -> list[tuple[_Identity |
 
 
 def _check_identity(plan: _Plan, bt_rel: str, number: int, strategy: str, run_id: str, sname: str,
-                    run_missing: bool, meta: _Identity | None, why: str) -> None:
+                    run_missing: bool, meta: inputs.Identity | None, why: str) -> None:
     """Compare ``run_metadata.json`` with the row; the sheet is trusted, a mismatch is reported."""
     if meta is not None and _same(meta.run_id, run_id) and (meta.strategy is None or _same(meta.strategy, strategy)):
         return                                      # the common case, early
@@ -705,6 +681,7 @@ def sweep(*, root: RootArg = None, fix: bool = False, report: str | os.PathLike[
     ws = open_workspace(root, env)
     session = Session(ws)
     report_path = Path(report).absolute() if report is not None else ws.report
+    ws.check_report_path(report_path)
     result = SweepResult(dry_run=not fix, when=now.strftime("%Y-%m-%dT%H:%M:%SZ"), root=str(ws.root), findings=[],
                          report=str(report_path))
     if not fix:
@@ -752,9 +729,18 @@ def _recovery_plan(ws: Workspace, j: wal.Loaded, now: datetime,
 
 
 def _mark_done(plan: _Plan, skipped: dict[int, str]) -> None:
-    """A finding is done when every step that fixes it was done (or found already done)."""
+    """A finding is done when every step that fixes it was done (or found already done).
+
+    A finding without steps inside a folder that the same sweep deleted or moved (a broken
+    ``run_metadata.json`` of a zombie, say) is done too: what it reported is gone.
+    """
+    gone = [s.get("path") or s.get("src") for i, s in enumerate(plan.steps)
+            if s["op"] in ("delete", "rename") and (i not in skipped or skipped[i] == "already gone")]
     for f in plan.findings:
         if not f.steps:
+            if f.path and any(g and (f.path == g or f.path.startswith(g + "/")) for g in gone):
+                f.done = True
+                f.detail = (f.detail + "; " if f.detail else "") + "gone with its folder"
             continue
         why = [skipped[i] for i in f.steps if i in skipped and skipped[i] != "already gone"]
         f.done = not why

@@ -12,17 +12,32 @@ LibreOffice lock file ``.~lock.<name>#`` lies beside it.  An Office owner
 file starts with one byte giving the length of the user name, then the name
 in the ANSI code page; a LibreOffice lock file is one CSV line
 ``Author,user,host,date,url;``.
+
+An owner file is looked at, never followed: a link is reported as a lock
+without reading its target, a folder of that name is not an owner file, and
+a FIFO never blocks (:func:`journal.inputs.read_file`).  Its age (mtime) is
+part of every message, and one older than ``[lock] stale_owner_hours`` is
+called possibly stale, with how to clear it: Excel that crashed leaves its
+owner file behind, and sop must not silently ignore one (the person may still
+be editing), nor leave the user guessing why every commit is rolled back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import filelock
 
 from .errors import Busy
+from .inputs import Unreadable, read_file
+
+OWNER_FILE_MAX_BYTES = 64 << 10
 
 
 @contextlib.contextmanager
@@ -55,7 +70,9 @@ def is_owner_file_name(name: str) -> bool:
 
 def _who(path: Path) -> str:
     try:
-        data = path.read_bytes()[:4096]
+        data = read_file(path, OWNER_FILE_MAX_BYTES)[:4096]
+    except Unreadable as e:
+        return f"unknown user (it {e})"
     except OSError:
         return "unknown user"
     if path.name.startswith(".~lock."):
@@ -63,7 +80,7 @@ def _who(path: Path) -> str:
         parts = text.split(",")
         for p in parts[:2]:
             if p.strip():
-                return p.strip()
+                return _printable(p.strip())
         return "unknown user"
     if data:
         n = data[0]
@@ -73,13 +90,61 @@ def _who(path: Path) -> str:
         except UnicodeDecodeError:
             name = ""
         if name:
-            return name
+            return _printable(name)
     return "unknown user"
 
 
-def sheet_locked_by(sheet: Path) -> str | None:
-    """The user who has the sheet open (from its owner file), or None when it is free."""
+def _printable(name: str) -> str:
+    """A user name as one line of text: control and invisible characters shown as escapes."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in name)[:200]
+
+
+def _fmt_age(seconds: float) -> str:
+    s = max(0, int(seconds))
+    for unit, n in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if s >= n:
+            k = s // n
+            return f"{k} {unit}{'s' if k != 1 else ''} old"
+    return f"{s} seconds old"
+
+
+@dataclass
+class OwnerFile:
+    """An owner file beside the sheet: who it names, how old it is, and whether that is past stale."""
+
+    path: Path
+    user: str
+    age_seconds: float
+    stale: bool
+
+    def __str__(self) -> str:
+        return (f"{self.user} ({self.path.name}, {_fmt_age(self.age_seconds)}"
+                f"{'; possibly stale' if self.stale else ''})")
+
+    def hint(self) -> str:
+        """What to do about it, for the detail of a message."""
+        text = (f"The owner file {self.path.name} beside the sheet is {_fmt_age(self.age_seconds)}. ")
+        if self.stale:
+            text += ("It may be left over from an Excel or LibreOffice that crashed. ")
+        return text + (f"If nobody has the sheet open (ask {self.user}), delete {self.path} and run the "
+                       "command again; never delete it while the sheet is open.")
+
+
+def owner_file(sheet: Path, *, stale_hours: float = 24.0, now: float | None = None) -> OwnerFile | None:
+    """The first owner file beside the sheet (not followed, not a folder), or None when it is free."""
     for p in owner_files(sheet):
-        if p.exists():
-            return f"{_who(p)} ({p.name})"
+        try:
+            st = os.lstat(p)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            continue                      # a folder of that name is not an owner file
+        age = (time.time() if now is None else now) - st.st_mtime
+        return OwnerFile(p, _who(p), age, age > stale_hours * 3600)
     return None
+
+
+def sheet_locked_by(sheet: Path, *, stale_hours: float = 24.0) -> str | None:
+    """The user who has the sheet open (from its owner file, with its age), or None when it is free."""
+    f = owner_file(sheet, stale_hours=stale_hours)
+    return None if f is None else str(f)

@@ -19,7 +19,6 @@ working directory), ``now`` (a UTC datetime, for tests) and ``env``.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -30,7 +29,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from . import fsops, locks, names, sheet, txn, wal
+from . import fsops, inputs, locks, names, sheet, txn, wal
 from .errors import Refused, SheetDamaged, SheetLocked, SopError, UsageError, WrongState
 from .owner import owner_of
 from .render import NOT_JSON
@@ -86,33 +85,16 @@ class Handle(BeginResult):
 
 # ---------------------------------------------------------------- helpers
 
-def _directive(path: str | os.PathLike[str]) -> dict[str, Any]:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise Refused(f"cannot read directive {p}: {e}") from None
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".toml":
-            import tomllib
-            data: Any = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            import yaml
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as e:  # each parser has its own error class
-        raise Refused(f"directive {p} is not valid {suffix.lstrip('.').upper() or 'JSON'}: {e}") from None
-    if not isinstance(data, dict):
-        raise Refused(f"directive {p} must be a mapping with a 'Strategy' key")
-    return data
-
-
-def _directive_value(d: dict[str, Any], key: str) -> str | None:
+def _directive_value(d: dict[str, Any], key: str, what: str, path: object) -> str | None:
+    """A directive's ``Strategy`` or ``RunID``: text (a run id may also be an integer), else Refused."""
     for k, v in d.items():
         if names.header_key(k) == key and v is not None:
-            return names.cell_text(v)
+            if isinstance(v, str):
+                return v
+            if key == "runid" and isinstance(v, int) and not isinstance(v, bool):
+                return str(v)
+            raise Refused(f"directive {path}: {k} must be text, not a {type(v).__name__} ({v!r:.60})",
+                          detail=f"Action: write the {what} as a quoted string.")
     return None
 
 
@@ -213,9 +195,9 @@ def begin(strategy: str | None = None, *, run_id: str | None = None, directive: 
     now = clock(now)
     ws = open_workspace(root, env)
     if directive is not None:
-        d = _directive(directive)
-        d_strategy = _directive_value(d, "strategy")
-        d_run = _directive_value(d, "runid")
+        d = inputs.read_directive(directive)
+        d_strategy = _directive_value(d, "strategy", "strategy name", directive)
+        d_run = _directive_value(d, "runid", "run id", directive)
         if d_strategy is None and strategy is None:
             raise Refused(f"directive {directive} has no 'Strategy' key",
                           detail="Action: add Strategy to the directive, or pass --strategy NAME.")
@@ -228,9 +210,11 @@ def begin(strategy: str | None = None, *, run_id: str | None = None, directive: 
         run_id = run_id if run_id is not None else d_run
     if strategy is None:
         raise UsageError("no strategy given", detail="Pass --strategy NAME or --directive FILE.")
-    names.check_safe(strategy, "strategy name")
+    limit = names.name_max(ws.root)
+    names.check_safe(strategy, "strategy name", limit=limit)
     if run_id is not None:
-        names.check_safe(run_id, "run id")
+        names.check_safe(run_id, "run id", limit=limit)
+    txn.check_tops(ws)
     owner = owner_of(owner_pid if owner_pid is not None else os.getpid())
 
     with Session(ws).locked() as w:
@@ -316,17 +300,11 @@ def _gate(ws: Workspace, tx: wal.TxState, now: datetime) -> dict[str, Any]:
     where = ws.rel(meta_path)
     hint = f"Fix it, then 'sop-commit {tx.txid}' again, or 'sop-abort {tx.txid}'."
     try:
-        raw = meta_path.read_bytes()
+        meta = inputs.read_metadata(meta_path)
     except FileNotFoundError:
         raise Refused(f"Validation failed: {where} does not exist.", detail=hint) from None
-    except OSError as e:
-        raise Refused(f"Validation failed: cannot read {where}: {e.strerror}.", detail=hint) from None
-    try:
-        meta = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise Refused(f"Validation failed: {where} is not valid JSON ({e}).", detail=hint) from None
-    if not isinstance(meta, dict):
-        raise Refused(f"Validation failed: {where} must hold a JSON object.", detail=hint)
+    except inputs.Unreadable as e:
+        raise Refused(f"Validation failed: {where} {e}.", detail=hint) from None
     rid = meta.get("run_id")
     if not isinstance(rid, str):
         raise Refused(f"Validation failed: {where} has no string 'run_id' (it must be {tx.run_id!r}).",
@@ -426,7 +404,7 @@ def commit(txid: str, *, defer_on_lock: bool = False, root: RootArg = None, now:
                           locked_by=locked_by,
                           detail=f"The artifacts are kept and transaction {txid} is deferred; it still holds "
                                  f"strategy '{tx.strategy}'. 'sop-recover' adds the row once the sheet is free "
-                                 "(close it in Excel first).")
+                                 f"(close it in Excel first).{txn.owner_hint(ws)}")
     try:
         moved = txn.rollback(session, txid, reason=f"sheet locked by {locked_by}", delete=False, now=now)
     except WrongState:
@@ -437,7 +415,8 @@ def commit(txid: str, *, defer_on_lock: bool = False, root: RootArg = None, now:
     where = ", ".join(f"{k} -> {v}" for k, v in moved.moved.items()) or "nothing to move"
     raise SheetLocked(SCRUBBED, locked_by=locked_by,
                       detail=f"The Master Sheet was locked by {locked_by} through {ws.config.retries} attempt(s). "
-                             f"Quarantined: {where}. Close the sheet and run the backtest again.")
+                             f"Quarantined: {where}. Close the sheet and run the backtest again."
+                             f"{txn.owner_hint(ws)}")
 
 
 # ---------------------------------------------------------------- abort
@@ -599,8 +578,13 @@ def status(*, root: RootArg = None, older_than: str | timedelta = "24h", now: da
     ws = open_workspace(root, env)
     ot = parse_duration(older_than)
     journal: dict[str, Any] = {"ok": True, "records": 0, "torn": None, "damage": None}
-    sheet_doc: dict[str, Any] = {"path": ws.rel(ws.sheet), "locked_by": locks.sheet_locked_by(ws.sheet),
-                                 "exists": ws.sheet.exists(), "damage": None, "lost_rows": 0}
+    owner_file = locks.owner_file(ws.sheet, stale_hours=ws.config.stale_owner_hours)
+    sheet_doc: dict[str, Any] = {"path": ws.rel(ws.sheet), "locked_by": None if owner_file is None else str(owner_file),
+                                 "exists": ws.sheet.exists(), "damage": None, "lost_rows": 0,
+                                 "owner_file": None if owner_file is None else {
+                                     "path": ws.rel(owner_file.path), "user": owner_file.user,
+                                     "age_seconds": int(owner_file.age_seconds), "stale": owner_file.stale,
+                                     "hint": owner_file.hint()}}
     txs: list[TxInfo] = []
     lost = txn.LostReport()
     try:

@@ -144,6 +144,9 @@ def _check_readable(path: Path) -> None:
                                   "('sop init --from-journal' rebuilds it from them).")
     if path.is_dir():
         raise SheetDamaged(f"Master Sheet is a folder, not a workbook: {path}")
+    if not path.is_file():
+        raise SheetDamaged(f"Master Sheet is not a regular file (a FIFO or a device), not a workbook: {path}",
+                           detail="Action: put the workbook back in its place; sop never opens such a file.")
 
 
 class _Index(msgspec.Struct, array_like=True):
@@ -252,6 +255,19 @@ def cell_value(v: Any) -> xlsx.Value | None:
     return str(v)
 
 
+def _text_if_unstorable(v: Any) -> Any:
+    """NaN, infinities and integers past 15 digits as text, before the row is journaled (SPEC §2).
+
+    The journal's JSON has no NaN or infinity (msgspec writes null), so a value that the
+    sheet stores as text is made text first; the journaled row is the row written.
+    """
+    if isinstance(v, float) and not math.isfinite(v):
+        return {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}[str(v)]
+    if isinstance(v, int) and not isinstance(v, bool) and len(str(abs(v))) > 15:
+        return str(v)
+    return v
+
+
 def build_row(view: SheetView, values: dict[str, Any]) -> dict[int, xlsx.Value]:
     """Cells by column index for a row given by header name; unknown headers are skipped."""
     out: dict[int, xlsx.Value] = {}
@@ -272,7 +288,7 @@ def row_from_metadata(meta: dict[str, Any], strategy: str, run_id: str, txid: st
         for k, v in source.items():
             if v is None or isinstance(v, (list, dict)):
                 continue
-            row[names.header_key(k)] = v
+            row[names.header_key(k)] = _text_if_unstorable(v)
     for k in (STRATEGY, RUNID, TXID, COMMITTED_AT):
         row.pop(k, None)
     row[STRATEGY] = strategy

@@ -121,12 +121,23 @@ def attempts(ws: Workspace, sleep: Callable[[float], None], n: int | None = None
         yield attempt
 
 
+def sheet_locked_by(ws: Workspace) -> str | None:
+    """Who holds the Master Sheet open (with the owner file's age), or None when it is free."""
+    return locks.sheet_locked_by(ws.sheet, stale_hours=ws.config.stale_owner_hours)
+
+
+def owner_hint(ws: Workspace) -> str:
+    """How old the sheet's owner file is and how to clear it safely ("" when there is none)."""
+    f = locks.owner_file(ws.sheet, stale_hours=ws.config.stale_owner_hours)
+    return "" if f is None else " " + f.hint()
+
+
 def locked_out(ws: Workspace, who: str, what: str) -> SheetLocked:
     """The error of a sheet that a person held through every attempt."""
     return SheetLocked(f"the Master Sheet is locked by {who}: {what}",
                        locked_by=who,
                        detail=f"It stayed locked through {ws.config.retries} attempt(s). Close it in Excel or "
-                              "LibreOffice and run the command again.")
+                              f"LibreOffice and run the command again.{owner_hint(ws)}")
 
 
 def entries_by_key(folder: Path) -> dict[str, str]:
@@ -264,7 +275,7 @@ def flush(session: Session, *, want: str | None = None, now: datetime | None = N
                 states = w.states
                 if not todo:
                     return FlushResult(states, committed, None, blocked)
-                locked_by = locks.sheet_locked_by(ws.sheet)
+                locked_by = sheet_locked_by(ws)
                 if locked_by is not None:
                     continue
                 for t in todo:
@@ -302,8 +313,16 @@ class AbortResult:
 
 
 def quarantine_name(path: Path, now: datetime) -> Path:
-    """``NAME_FAILED_<ts>`` beside ``path``; a name already taken gets ``-2``, ``-3``, … (SPEC §4)."""
-    base = f"{path.name}_FAILED_{names.stamp(now)}"
+    """``NAME_FAILED_<ts>`` beside ``path``; a name already taken gets ``-2``, ``-3``, … (SPEC §4).
+
+    A name too long for the file system with the suffix (begun before sop
+    checked names in bytes) is shortened, so that a rollback can always finish.
+    """
+    suffix = f"_FAILED_{names.stamp(now)}"
+    stem, room = path.name, names.name_max(path.parent) - names.SUFFIX_BYTES + len(suffix)
+    while len((stem + suffix).encode("utf-8", "surrogateescape")) > room and len(stem) > 1:
+        stem = stem[:-1]
+    base = stem + suffix
     cand = path.with_name(base)
     n = 2
     while os.path.lexists(cand):
@@ -312,11 +331,26 @@ def quarantine_name(path: Path, now: datetime) -> Path:
     return cand
 
 
+def check_tops(ws: Workspace) -> None:
+    """Refuse (exit 1) to create or move folders when ``backtests/`` or ``runs/`` is a link or a file.
+
+    Through a link sop would create, rename or delete folders outside the
+    workspace; the sweep does not enter such a folder either.
+    """
+    for top in (ws.backtests, ws.runs):
+        if os.path.islink(top) or (os.path.lexists(top) and not top.is_dir()):
+            what = "a symbolic link" if os.path.islink(top) else "not a folder"
+            raise Refused(f"{ws.rel(top)}/ is {what}: sop never creates, moves or deletes folders through it.",
+                          detail=f"Action: make {ws.rel(top)}/ a real folder inside the workspace (move the "
+                                 "folders it points to into it), then try again.")
+
+
 def rollback(session: Session, txid: str, *, reason: str, delete: bool,
              now: datetime | None = None) -> AbortResult:
     """Record the rollback decision, then quarantine (or delete) the run's folders; idempotent."""
     ws = session.ws
     now = clock(now)
+    check_tops(ws)
     with session.locked() as w:
         decided = session.get(w, txid).state in DECIDED_STATES
     # A decided row may already be on the sheet (a writer crashed before recording it, or
@@ -380,7 +414,7 @@ def finish_rollback(w: wal.Writer, tx: wal.TxState, now: datetime) -> AbortResul
             if src in tx.renames:
                 res.moved[src] = tx.renames[src]
             continue
-        if d.is_symlink() or not d.is_dir():
+        if d.is_symlink() or not d.is_dir() or os.path.islink(d.parent):
             continue                                       # never follow or remove what is not our folder
         if tx.delete:
             w.append(tx.txid, "delete", {"path": src, "files": fsops.file_list(d)}, now=now)
@@ -676,7 +710,7 @@ def finish_plan(session: Session, txid: str, *, now: datetime,
             if tx is None or tx.kind != "sweep" or tx.state != "planned":
                 return
             w.states[txid] = tx
-            who = locks.sheet_locked_by(ws.sheet)
+            who = sheet_locked_by(ws)
             if who is not None and rows_pending(ws, tx.plan):
                 continue
             execute_plan(w, txid, now)
@@ -742,7 +776,7 @@ def run_plan(session: Session, make: Callable[[wal.Writer], list[dict[str, Any]]
         with session.sheet_writer(), session.locked() as w:
             steps = make(w)
             if any(s["op"] in ROW_OPS for s in steps):
-                who = locks.sheet_locked_by(ws.sheet)
+                who = sheet_locked_by(ws)
                 if who is not None:
                     continue
             if not steps:

@@ -20,6 +20,7 @@ of the working directory that holds ``.sop/`` (as git finds ``.git/``).
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -31,13 +32,23 @@ from .errors import ConfigError, NoWorkspace
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "sheet": {"path": "backtests/Strategy_Master_Filter.xlsx", "worksheet": ""},
-    "lock": {"timeout_seconds": 30.0, "retries": 3, "backoff_seconds": 1.0, "on_locked": "rollback"},
+    "lock": {"timeout_seconds": 30.0, "retries": 3, "backoff_seconds": 1.0, "on_locked": "rollback",
+             "stale_owner_hours": 24.0},
     "sweep": {"zombie_action": "delete", "report": "outputs/logs/integrity_report.md"},
 }
 
 CHOICES = {
     ("lock", "on_locked"): ("rollback", "defer"),
     ("sweep", "zombie_action"): ("delete", "quarantine"),
+}
+
+# The largest sane value of each number: beyond these a wait or retry count is a typo (and
+# timedelta/sleep overflow), not a setting.
+LIMITS: dict[tuple[str, str], float] = {
+    ("lock", "timeout_seconds"): 86400.0,
+    ("lock", "retries"): 100,
+    ("lock", "backoff_seconds"): 3600.0,
+    ("lock", "stale_owner_hours"): 24.0 * 365,
 }
 
 CONFIG_TEMPLATE = """\
@@ -60,6 +71,9 @@ backoff_seconds = 1.0
 # When the sheet stays locked at commit: "rollback" (quarantine the run,
 # exit 3) or "defer" (keep it; sop-recover adds the row later).
 on_locked = "rollback"
+# An Office/LibreOffice owner file older than this many hours is called
+# possibly stale (left by a crash) in messages; it still locks the sheet.
+stale_owner_hours = 24.0
 
 [sweep]
 # What the sweep does to zombie folders: "delete" or "quarantine".
@@ -79,6 +93,7 @@ class Config:
     on_locked: str
     zombie_action: str
     report: str
+    stale_owner_hours: float = 24.0
 
 
 def parse_config(text: str, source: str = "config.toml") -> Config:
@@ -103,8 +118,15 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
             if type(value) is not type(default):
                 raise ConfigError(f"{source}: [{section}] {key} must be a {type(default).__name__}, "
                                   f"not {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{source}: [{section}] {key} must be a finite number, not {value!r}")
             if isinstance(value, (int, float)) and value < 0:
                 raise ConfigError(f"{source}: [{section}] {key} must not be negative")
+            limit = LIMITS.get((section, key))
+            if limit is not None and value > limit:
+                raise ConfigError(f"{source}: [{section}] {key} must be at most {limit:g}, not {value!r}")
+            if isinstance(value, str) and ("\x00" in value or any("\ud800" <= c <= "\udfff" for c in value)):
+                raise ConfigError(f"{source}: [{section}] {key} holds a NUL or a lone surrogate")
             allowed = CHOICES.get((section, key))
             if allowed and value not in allowed:
                 raise ConfigError(f"{source}: [{section}] {key} must be one of "
@@ -119,6 +141,7 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
         lock_timeout=merged["lock"]["timeout_seconds"], retries=merged["lock"]["retries"],
         backoff=merged["lock"]["backoff_seconds"], on_locked=merged["lock"]["on_locked"],
         zombie_action=merged["sweep"]["zombie_action"], report=merged["sweep"]["report"],
+        stale_owner_hours=merged["lock"]["stale_owner_hours"],
     )
 
 
@@ -186,6 +209,46 @@ class Workspace:
 
     def run_dir(self, run_id: str) -> Path:
         return self.runs / run_id
+
+    def check_report_path(self, path: Path) -> None:
+        """Refuse (exit 1) a sweep report path that would replace something that is not a report.
+
+        Not the Master Sheet or a file beside it that Office or sop owns,
+        nothing under ``.sop/`` (the journal, its checkpoint, the locks),
+        nothing under ``backtests/`` or ``runs/`` (the artifacts and their
+        metadata), and not a link, a folder or a special file.
+        """
+        from .errors import Refused
+        name = path.name
+        why = None
+        try:
+            real = Path(os.path.realpath(path.parent)) / name
+        except (OSError, ValueError):
+            real = path
+        if name in ("", ".", ".."):
+            why = "it names no file"
+        elif os.path.islink(path):
+            why = "it is a symbolic link (sop never writes through one)"
+        elif os.path.lexists(path) and not os.path.isfile(path):
+            why = "it is not a regular file"
+        elif name.startswith("~$") or name.startswith(".~lock.") or ".sop-tmp-" in name:
+            why = "it is named like an Office owner file or a sop temporary file"
+        else:
+            sheet = Path(os.path.realpath(self.sheet))
+            for label, top in (("the Master Sheet", sheet), (".sop/ (the journal and sop's state)", self.sop_dir),
+                               ("backtests/ (the artifacts)", self.backtests),
+                               ("runs/ (the run snapshots)", self.runs)):
+                tops = {Path(os.path.normcase(top)), Path(os.path.normcase(os.path.realpath(top)))}
+                for cand in (Path(os.path.normcase(path)), Path(os.path.normcase(real))):
+                    if any(cand == t or t in cand.parents for t in tops):
+                        why = f"it is {label}" if top == sheet else f"it is inside {label}"
+                        break
+                if why:
+                    break
+        if why:
+            raise Refused(f"refusing to write the sweep report to {path}: {why}.",
+                          detail="Action: pass --report with a path outside backtests/, runs/ and .sop/ "
+                                 "(the default is outputs/logs/integrity_report.md), or fix [sweep] report.")
 
     def rel(self, path: Path) -> str:
         """A path as shown in messages and the journal: relative to the root, ``/``-separated."""

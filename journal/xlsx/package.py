@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import struct
 import zipfile
 import zlib
@@ -32,6 +33,24 @@ from .text import xml_text
 
 # --------------------------------------------------------------------------------------------
 # Zip, relationships, parts
+
+# Bounded decompression: a part sop inflates may be at most MAX_PART_BYTES, and one larger than
+# RATIO_FLOOR_BYTES may not inflate more than MAX_RATIO times its compressed size.  A 100k-row
+# master worksheet is ~40 MB inflated at a ratio of ~10; a zip bomb (4 MB that inflates to 4 GB)
+# is refused before a byte is inflated.  zipfile never inflates past a member's declared size.
+MAX_PART_BYTES = 1 << 30
+MAX_RATIO = 1000
+RATIO_FLOOR_BYTES = 64 << 20
+
+
+def inflate_problem(info: zipfile.ZipInfo) -> str | None:
+    """Why a zip member is too big to inflate, or None."""
+    if info.file_size > MAX_PART_BYTES:
+        return f"would inflate to {info.file_size} bytes, more than sop's limit of {MAX_PART_BYTES}"
+    if info.file_size > RATIO_FLOOR_BYTES and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+        return (f"would inflate {info.compress_size} bytes to {info.file_size}, more than {MAX_RATIO} times "
+                "(a zip bomb?)")
+    return None
 
 
 def damaged(path: str | os.PathLike[str], what: str, detail: str | None = None) -> SheetDamaged:
@@ -95,10 +114,14 @@ class Package:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = path
-        try:
-            self.f: BinaryIO = open(path, "rb")
+        try:                    # O_NONBLOCK: a FIFO in the sheet's place never blocks a command
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
         except FileNotFoundError:
             raise damaged(path, "no such file", "Create it with `sop init`, or point [sheet].path at it.") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise damaged(path, "is not a regular file (a FIFO, a device or a folder)")
+        self.f: BinaryIO = os.fdopen(fd, "rb")
         try:
             self._open()
         except BaseException:
@@ -169,9 +192,15 @@ class Package:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def read(self, part: str) -> bytes:
+    def _check_size(self, part: str) -> None:
         if part not in self.names:
             raise damaged(self.path, f"is missing its part {part}")
+        problem = inflate_problem(self.names[part])
+        if problem:
+            raise damaged(self.path, f"part {part} {problem}")
+
+    def read(self, part: str) -> bytes:
+        self._check_size(part)
         try:
             return self.zf.read(part)
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
@@ -179,8 +208,7 @@ class Package:
 
     def chunks(self, part: str, size: int = CHUNK) -> Iterator[bytes]:
         """Inflate a part piece by piece; a bad CRC or deflate stream is damage."""
-        if part not in self.names:
-            raise damaged(self.path, f"is missing its part {part}")
+        self._check_size(part)
         try:
             with self.zf.open(part) as f:
                 while True:
