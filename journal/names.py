@@ -81,6 +81,18 @@ def unsafe_reason(name: str) -> str | None:
     return None
 
 
+OS_JUNK = frozenset({"desktop.ini", "thumbs.db", "ehthumbs.db", ".ds_store"})
+
+
+def is_os_junk(name: str) -> bool:
+    """Files the desktop drops into any folder (Explorer, Finder, macOS on other filesystems).
+
+    ``desktop.ini`` and ``Thumbs.db`` (Windows), ``.DS_Store`` and the
+    AppleDouble ``._<name>`` files (macOS): never artifacts, never findings.
+    """
+    return name.lower() in OS_JUNK or name.startswith("._")
+
+
 def check_safe(name: str, what: str) -> None:
     """Refuse (exit 1) an unsafe strategy name or run id."""
     reason = unsafe_reason(name)
