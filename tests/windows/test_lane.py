@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import psutil
-from conftest import WinWS, env, exe
+from winlane import WinWS, env, exe
 
 
 def _py(code: str, **kw: object) -> subprocess.Popen[str]:
