@@ -158,7 +158,7 @@ def _proc_info(pid: int) -> Proc | None:
             try:
                 exe = p.exe()
             except (psutil.AccessDenied, OSError):
-                exe = ""
+                exe = _image_name(pid)
             try:
                 cmdline = tuple(p.cmdline())
             except (psutil.AccessDenied, OSError):
@@ -166,6 +166,31 @@ def _proc_info(pid: int) -> Proc | None:
         return Proc(pid, ppid, exe, cmdline)
     except (psutil.Error, OSError):
         return None
+
+
+def _image_name(pid: int) -> str:
+    """The executable of a process through QueryFullProcessImageNameW (Windows), where psutil cannot say.
+
+    psutil reads it with NtQuerySystemInformation, which Wine lacks; this
+    needs only PROCESS_QUERY_LIMITED_INFORMATION.
+    """
+    if os.name != "nt":
+        return ""
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined,unused-ignore]
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    handle = kernel32.OpenProcess(0x1000, False, pid)
+    if not handle:
+        return ""
+    try:
+        buf = ctypes.create_unicode_buffer(32768)
+        size = wintypes.DWORD(len(buf))
+        ok = kernel32.QueryFullProcessImageNameW(wintypes.HANDLE(handle), 0, buf, ctypes.byref(size))
+        return buf.value if ok else ""
+    finally:
+        kernel32.CloseHandle(wintypes.HANDLE(handle))
 
 
 def _same_path(a: str, b: str) -> bool:

@@ -148,22 +148,43 @@ def test_desktop_junk_is_not_a_finding(wws: WinWS) -> None:
     assert doc["findings"] == [], doc["findings"]
 
 
-def test_a_folder_with_an_open_file_is_busy_retry(wws: WinWS) -> None:
-    """Deleting or renaming a folder with a file open in it: exit 6 'busy, retry', not 5; the retry works."""
+def _hold_folder(path: Path) -> int:
+    """Open a folder as a shell or Explorer sitting in it does: a handle without FILE_SHARE_DELETE."""
+    import ctypes
+    from ctypes import wintypes
+    k = ctypes.WinDLL("kernel32", use_last_error=True)
+    k.CreateFileW.restype = wintypes.HANDLE
+    k.CreateFileW.argtypes = [wintypes.LPCWSTR, wintypes.DWORD, wintypes.DWORD, wintypes.LPVOID, wintypes.DWORD,
+                              wintypes.DWORD, wintypes.HANDLE]
+    h = k.CreateFileW(str(path), 0x80000000, 0x1 | 0x2, None, 3, 0x02000000, None)   # FILE_FLAG_BACKUP_SEMANTICS
+    assert h not in (None, wintypes.HANDLE(-1).value), ctypes.get_last_error()
+    return int(h)
+
+
+def _release(handle: int) -> None:
+    import ctypes
+    from ctypes import wintypes
+    ctypes.WinDLL("kernel32").CloseHandle(wintypes.HANDLE(handle))
+
+
+def test_a_folder_held_open_is_busy_retry(wws: WinWS) -> None:
+    """Deleting or renaming a folder that a program holds open: exit 6 'busy, retry', not 5; the retry works."""
     txid = wws.run("begin", "--strategy", "Held").stdout.strip()
     folder = wws.root / "backtests" / "Held"
     folder.mkdir(parents=True, exist_ok=True)
-    held = open(folder / "equity.csv", "w")                             # no FILE_SHARE_DELETE
+    (folder / "equity.csv").write_text("t,v\n")
+    handle = _hold_folder(folder)
     try:
-        held.write("t,v\n")
-        held.flush()
         p = wws.run("abort", txid, code=6)
-        assert "busy" in p.stderr, p.stderr
+        assert "busy, retry" in p.stderr, p.stderr
+        assert wws.tx(txid)["state"] == "begun"
+        p = wws.run("abort", "--delete", txid, code=6)
+        assert "busy, retry" in p.stderr, p.stderr
     finally:
-        held.close()
+        _release(handle)
     wws.run("abort", txid)
     assert wws.json("status")["transactions"] == []
-    assert any(n.name.startswith("Held_FAILED_") for n in (wws.root / "backtests").iterdir())
+    assert not folder.exists()
 
 
 HOLD = r"""
