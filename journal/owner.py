@@ -208,7 +208,7 @@ def is_launcher_of(parent: Proc, script: str, args: Sequence[str]) -> bool:
     runs; a redirector (a venv's ``python.exe``, ``py.exe``) ran with the same
     arguments that it passed on.
     """
-    if _same_path(parent.exe, script):
+    if _same_path(parent.exe, script) or _same_path(parent.exe, script + ".exe"):   # pip's drops the .exe
         return True
     return bool(args) and len(parent.cmdline) > 1 and list(parent.cmdline[1:]) == list(args)
 

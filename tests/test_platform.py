@@ -92,6 +92,8 @@ def test_default_owner_looks_past_a_console_script_launcher() -> None:
     info = _table(owner.Proc(10, 9, script, ("sop-begin", "--strategy", "A")),            # the launcher
                   owner.Proc(9, 8, r"C:\Windows\System32\cmd.exe", ("cmd.exe",)))
     assert owner.owner_ancestor(10, script, args, info=info) == 9                        # type: ignore[arg-type]
+    # pip's launcher sets sys.argv[0] to its own path without ".exe"
+    assert owner.owner_ancestor(10, script.removesuffix(".exe"), args, info=info) == 9    # type: ignore[arg-type]
 
 
 def test_default_owner_looks_past_a_venv_redirector_but_not_a_users_python() -> None:

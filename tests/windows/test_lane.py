@@ -177,7 +177,7 @@ def test_a_folder_held_open_is_busy_retry(wws: WinWS) -> None:
     try:
         p = wws.run("abort", txid, code=6)
         assert "busy, retry" in p.stderr, p.stderr
-        assert wws.tx(txid)["state"] == "begun"
+        assert wws.tx(txid)["state"] in ("begun", "aborting")           # still open: the retry finishes it
         p = wws.run("abort", "--delete", txid, code=6)
         assert "busy, retry" in p.stderr, p.stderr
     finally:
