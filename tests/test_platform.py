@@ -14,13 +14,14 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import msgspec
 import pytest
 from conftest import BIN, WS, scrubbed_env
 
-from journal import child, fsops, janitor, names, owner, sheet
-
+# journal's modules are imported inside the tests: imported here, at collection, they would sit on the
+# package and hide the broken module that tests/test_layers.py puts in sys.modules.
 PKG = Path(__file__).resolve().parent.parent / "journal"
 
 
@@ -48,6 +49,7 @@ def no_kill(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_psutil_probe_alive_gone_and_reused(no_kill: None) -> None:
+    from journal import owner
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         o = owner.owner_of(p.pid, probe=owner._probe_psutil)
@@ -73,6 +75,7 @@ def test_psutil_probe_alive_gone_and_reused(no_kill: None) -> None:
 
 def test_linux_probe_keeps_the_start_time_text_journals_hold(no_kill: None) -> None:
     """Open transactions written before psutil keep their owners: /proc's clock ticks, as before."""
+    from journal import owner
     o = owner.owner_of(os.getpid())
     assert o.start.isdigit() and o.boot
     assert owner.liveness(o).alive is True
@@ -80,13 +83,14 @@ def test_linux_probe_keeps_the_start_time_text_journals_hold(no_kill: None) -> N
 
 # ---------------------------------------------------------------- the default owner and launchers
 
-def _table(*procs: owner.Proc) -> object:
+def _table(*procs: Any) -> object:
     by_pid = {p.pid: p for p in procs}
     return by_pid.get
 
 
 def test_default_owner_looks_past_a_console_script_launcher() -> None:
     """Silent loss: pip's sop-begin.exe is the parent, gone when the command returns."""
+    from journal import owner
     script = r"C:\venv\Scripts\sop-begin.exe"
     args = [script, "--strategy", "A"]
     info = _table(owner.Proc(10, 9, script, ("sop-begin", "--strategy", "A")),            # the launcher
@@ -97,6 +101,7 @@ def test_default_owner_looks_past_a_console_script_launcher() -> None:
 
 
 def test_default_owner_looks_past_a_venv_redirector_but_not_a_users_python() -> None:
+    from journal import owner
     script = r"C:\venv\Scripts\sop-begin.exe"
     args = [script, "--strategy", "A"]
     info = _table(owner.Proc(11, 10, r"C:\venv\Scripts\python.exe", (r"C:\venv\Scripts\python.exe", *args)),
@@ -107,6 +112,7 @@ def test_default_owner_looks_past_a_venv_redirector_but_not_a_users_python() -> 
 
 
 def test_default_owner_on_posix_is_the_parent_and_env_wins() -> None:
+    from journal import owner
     assert owner.default_owner_pid({}) == os.getppid()
     assert owner.default_owner_pid({}, launchers=True) == os.getppid()      # pytest's parent launched nothing
     assert owner.default_owner_pid({"SOP_OWNER_PID": "42"}, launchers=True) == 42
@@ -134,6 +140,7 @@ def test_non_latin_names_through_a_pipe_on_a_legacy_code_page(ws: WS) -> None:
 
 def test_stop_on_windows_sends_ctrl_break_else_terminates(monkeypatch: pytest.MonkeyPatch) -> None:
     """sop-run died on Ctrl-C forwarding ('Unsupported signal: 2') and left the transaction open."""
+    from journal import child
     monkeypatch.setattr(child, "WINDOWS", True)
     monkeypatch.setattr(child.signal, "CTRL_BREAK_EVENT", 1, raising=False)
     done: list[object] = []
@@ -151,6 +158,7 @@ def test_stop_on_windows_sends_ctrl_break_else_terminates(monkeypatch: pytest.Mo
 
 
 def test_stop_on_posix_forwards_the_signal() -> None:
+    from journal import child
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     child.stop(p, 15)
     assert p.wait(timeout=10) == -15
@@ -160,6 +168,7 @@ def test_stop_on_posix_forwards_the_signal() -> None:
 
 def test_metadata_is_read_to_its_end_whatever_each_read_returns(ws: WS, monkeypatch: pytest.MonkeyPatch) -> None:
     """Metadata over 64 KiB was read short on Windows, and the sweep reported a false mismatch."""
+    from journal import janitor
     p = ws.root / "meta.json"
     p.write_bytes(json.dumps({"notes": "x" * 300_000, "run_id": "r1", "strategy": "Big"}).encode())
     real_read = os.read
@@ -170,6 +179,7 @@ def test_metadata_is_read_to_its_end_whatever_each_read_returns(ws: WS, monkeypa
 
 def test_desktop_junk_is_not_a_finding(ws: WS) -> None:
     """desktop.ini, Thumbs.db, .DS_Store and ._* became findings that 'need a person'."""
+    from journal import names
     ws.full_run("Alpha")
     (ws.root / "runs").mkdir(exist_ok=True)
     for top in ("backtests", "runs"):
@@ -183,6 +193,7 @@ def test_desktop_junk_is_not_a_finding(ws: WS) -> None:
 
 def test_a_128_bit_file_id_fits_the_index_cache_key(tmp_path: Path) -> None:
     """ReFS and Dev Drive file ids are 128 bits: the cache key overflowed msgpack's integers."""
+    from journal import sheet
     st = SimpleNamespace(st_size=1, st_mtime_ns=2, st_ino=(1 << 127) + 5, st_dev=7)
     stamp = sheet._stamp(tmp_path, st)                                     # type: ignore[arg-type]
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(stamp)) == stamp
@@ -209,6 +220,7 @@ def test_a_folder_held_open_is_busy_retry(ws: WS, monkeypatch: pytest.MonkeyPatc
 
 
 def test_sharing_violations_are_busy() -> None:
+    from journal import fsops
     class WinErr(OSError):
         winerror = 32
     assert fsops.is_busy(WinErr(13, "sharing violation"))
@@ -218,6 +230,7 @@ def test_sharing_violations_are_busy() -> None:
 
 def test_replace_is_tried_again_while_the_target_is_held(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A sheet held for a moment (antivirus, a sync client) is replaced after a brief retry; held on, it fails."""
+    from journal import fsops
     tries: list[int] = []
 
     def held_twice(src: Path, dst: Path) -> None:
@@ -235,6 +248,8 @@ def test_replace_is_tried_again_while_the_target_is_held(monkeypatch: pytest.Mon
 
 def test_fsync_on_macos_is_a_full_fsync(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import fcntl
+
+    from journal import fsops
     calls: list[int] = []
     monkeypatch.setattr(sys, "platform", "darwin")
     monkeypatch.setattr(fcntl, "F_FULLFSYNC", 51, raising=False)
