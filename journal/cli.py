@@ -17,6 +17,7 @@ traceback) without hiding any command from ``sop --help``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -56,7 +57,7 @@ class Out:
 
     def data(self, doc: Any) -> None:
         # A lone surrogate (an argument or a path that was not UTF-8) goes out as its JSON escape.
-        click.echo(_safe(json.dumps(doc, indent=2, ensure_ascii=False, default=str)))
+        click.echo(_safe(json.dumps(doc, indent=2, ensure_ascii=not _utf8(sys.stdout), default=str)))
 
     def result(self, res: Any) -> None:
         """A result as the one JSON document on stdout."""
@@ -73,6 +74,22 @@ class Out:
                    err=True)
         if e.detail:
             click.echo(_safe(e.detail), err=True)
+
+
+def _utf8(stream: Any) -> bool:
+    return (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "") == "utf8"
+
+
+def _safe_streams() -> None:
+    """Output never fails for a character the stream's code page lacks (Windows' ANSI page on a pipe).
+
+    Text gets a backslash escape there; JSON is written as ASCII with
+    ``\\u`` escapes, so a script still reads the exact name.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None and not _utf8(stream) and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(ValueError, OSError):
+                stream.reconfigure(errors="backslashreplace")
 
 
 def common(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -627,11 +644,13 @@ sop.add_command(help_cmd, "help")
 
 
 def main() -> None:
+    _safe_streams()
     sop(prog_name="sop")
 
 
 def _entry(name: str) -> Callable[[], None]:
     def run() -> None:
+        _safe_streams()
         COMMANDS[name](prog_name=f"sop-{name}")
     run.__name__ = f"{name}_main"
     return run

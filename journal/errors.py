@@ -82,6 +82,13 @@ class Busy(SopError):
     exit_code = 6
 
 
+class FolderBusy(Busy, OSError):
+    """A folder could not be renamed or deleted because a program holds a file in it (Windows).
+
+    Also an ``OSError``, so code that rolls back on an OS error still does.
+    """
+
+
 class FindingsRemain(SopError):
     """``sop-sweep --exit-code``: findings that need fixing remain (a check for scripts, not a failure)."""
 

@@ -27,6 +27,8 @@ import os
 import re
 import shutil
 import stat
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -40,6 +42,13 @@ _trace: str | None = None
 _loaded = False
 
 TEMP_RE = re.compile(r"^\..+\.sop-tmp-\d+-[0-9a-f]+$")
+
+# Every os.open is binary: on Windows the default is text mode, which writes
+# \r\n for \n (a journal line would fail its checksum).
+O_BINARY = getattr(os, "O_BINARY", 0)
+# On Windows, a replace that meets a file held for a moment (antivirus, a sync
+# client, Excel's own save) is tried again after these pauses (seconds).
+REPLACE_RETRY = (0.05, 0.1, 0.2, 0.4) if os.name == "nt" else ()
 
 
 def _load() -> None:
@@ -82,13 +91,70 @@ def point(kind: str, path: str | os.PathLike[str]) -> None:
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Make a directory entry change durable (no-op where directories cannot be opened)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | O_BINARY)
     except OSError:
         return
     try:
-        os.fsync(fd)
+        fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync(fd: int) -> None:
+    """fsync that reaches the disk: on macOS plain fsync stops at the drive's cache (F_FULLFSYNC)."""
+    if sys.platform == "darwin":
+        import fcntl
+        try:
+            fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
+            return
+        except (AttributeError, OSError):       # not supported by this filesystem: fsync is all there is
+            pass
+    os.fsync(fd)
+
+
+def _replace_once(src: Path, dst: Path) -> None:
+    if os.name == "nt":                        # MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH
+        import ctypes
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)   # type: ignore[attr-defined,unused-ignore]
+        if not kernel32.MoveFileExW(os.fspath(src), os.fspath(dst), 0x1 | 0x8):
+            raise ctypes.WinError(ctypes.get_last_error())          # type: ignore[attr-defined,unused-ignore]
+        return
+    os.replace(src, dst)
+
+
+def replace(src: Path, dst: Path, pauses: tuple[float, ...] | None = None) -> None:
+    """``os.replace``, written through to disk on Windows, tried again briefly while the target is held."""
+    for pause in (REPLACE_RETRY if pauses is None else pauses):
+        try:
+            _replace_once(src, dst)
+            return
+        except PermissionError:
+            time.sleep(pause)
+    _replace_once(src, dst)
+
+
+def is_busy(e: OSError) -> bool:
+    """Whether an error renaming or deleting a folder means a program holds something in it.
+
+    Windows: a sharing or lock violation, or access denied (what renaming a
+    folder with an open file in it gives); POSIX: EBUSY, ETXTBSY.
+    """
+    winerror = getattr(e, "winerror", None)
+    if winerror is not None:
+        return winerror in (5, 32, 33)
+    return e.errno in (errno.EBUSY, errno.ETXTBSY)
+
+
+def _folder_busy(e: OSError, what: str, path: Path) -> OSError:
+    from .errors import FolderBusy
+
+    if not is_busy(e):
+        return e
+    err = FolderBusy(f"busy, retry: cannot {what} {os.fspath(path)}: a program holds a file in it ({e.strerror})",
+                     detail="Close the file (Excel, an editor, a terminal inside the folder), then run the "
+                            "command again.")
+    err.errno, err.strerror, err.filename = e.errno, e.strerror, os.fspath(path)
+    return err
 
 
 def temp_name(target: Path) -> Path:
@@ -120,12 +186,12 @@ def atomic_write(target: str | os.PathLike[str], content: bytes | Callable[[Bina
             else:
                 f.write(content)
             f.flush()
-            os.fsync(f.fileno())
+            fsync(f.fileno())
             st = os.fstat(f.fileno())
         if before_replace is not None:
             before_replace(st)
         point("replace", target)
-        os.replace(tmp, target)
+        replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -157,13 +223,13 @@ def append_durable(path: str | os.PathLike[str], data: bytes) -> None:
     path = Path(path)
     point("append", path)
     existed = path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | O_BINARY, 0o644)
     try:
         view = memoryview(data)
         while view:
             n = os.write(fd, view)
             view = view[n:]
-        os.fsync(fd)
+        fsync(fd)
     finally:
         os.close(fd)
     if not existed:
@@ -173,10 +239,10 @@ def append_durable(path: str | os.PathLike[str], data: bytes) -> None:
 def truncate_durable(path: str | os.PathLike[str], length: int) -> None:
     """Cut ``path`` to ``length`` bytes and fsync it."""
     point("truncate", path)
-    fd = os.open(path, os.O_WRONLY)
+    fd = os.open(path, os.O_WRONLY | O_BINARY)
     try:
         os.ftruncate(fd, length)
-        os.fsync(fd)
+        fsync(fd)
     finally:
         os.close(fd)
 
@@ -194,7 +260,10 @@ def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     point("rename", src)
     if os.path.lexists(dst):
         raise FileExistsError(errno.EEXIST, "destination exists", os.fspath(dst))
-    os.rename(src, dst)
+    try:
+        os.rename(src, dst)
+    except OSError as e:
+        raise _folder_busy(e, "rename", src) from e
     fsync_dir(dst.parent)
     if src.parent != dst.parent:
         fsync_dir(src.parent)
@@ -217,7 +286,10 @@ def rmtree(path: str | os.PathLike[str]) -> None:
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise OSError(errno.ENOTDIR, "refusing to delete: not a real folder", os.fspath(path))
     point("rmtree", path)
-    shutil.rmtree(path)
+    try:
+        shutil.rmtree(path)
+    except OSError as e:
+        raise _folder_busy(e, "delete", path) from e
     fsync_dir(path.parent)
 
 

@@ -168,7 +168,7 @@ def _scan(top: Path, skip: Callable[[str], bool]) -> tuple[list[_Entry], str | N
     fd = None
     if _O_DIRECTORY and os.scandir in os.supports_fd:
         try:
-            fd = os.open(top, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW)
+            fd = os.open(top, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | fsops.O_BINARY)
         except OSError:
             return [], "not a folder sop can enter (it changed while being looked at)"
     out: list[_Entry] = []
@@ -315,7 +315,8 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
 
     def skipper(top: Path) -> Callable[[str], bool]:
         own = {n for n in (report_names.get(top), sheet_name if top == ws.backtests else None) if n}
-        return lambda n: n in own or (n[0] in "~." and (locks.is_owner_file_name(n) or fsops.is_temp_name(n)))
+        return lambda n: n in own or (n[0] in "~." and (locks.is_owner_file_name(n) or fsops.is_temp_name(n))) \
+            or names.is_os_junk(n)
 
     by_key, by_path = _holders(open_txs, recovery_actions or {}, ws)
     holding: set[str] = set()                         # txids reported with a folder

@@ -145,7 +145,7 @@ def show(command: str | None) -> int:
             return 5
         _print_text(text)
     except BrokenPipeError:                 # sop help begin | head
-        devnull = os.open(os.devnull, os.O_WRONLY)
+        devnull = os.open(os.devnull, os.O_WRONLY | getattr(os, "O_BINARY", 0))
         os.dup2(devnull, sys.stdout.fileno())
     except OSError as e:
         print(f"error: cannot read the page {stem}: {e.strerror or e}", file=sys.stderr)

@@ -138,6 +138,18 @@ def unsafe_reason(name: object, *, limit: int = DEFAULT_NAME_MAX) -> str | None:
     return None
 
 
+OS_JUNK = frozenset({"desktop.ini", "thumbs.db", "ehthumbs.db", ".ds_store"})
+
+
+def is_os_junk(name: str) -> bool:
+    """Files the desktop drops into any folder (Explorer, Finder, macOS on other filesystems).
+
+    ``desktop.ini`` and ``Thumbs.db`` (Windows), ``.DS_Store`` and the
+    AppleDouble ``._<name>`` files (macOS): never artifacts, never findings.
+    """
+    return name.lower() in OS_JUNK or name.startswith("._")
+
+
 def shown(name: object) -> str:
     """A name quoted for a message: characters that cannot be seen (or printed) as escapes."""
     if not isinstance(name, str):

@@ -3,7 +3,25 @@
 An owner is a process: host, pid, the pid's start time and the boot id
 (SPEC §4).  A pid is reused after its process dies, so the start time tells
 a new process from the old one; the boot id tells this boot from the last.
-On Linux both come from ``/proc``; elsewhere only ``kill(pid, 0)`` is used.
+
+Two probes give (state, start time) of a pid:
+
+* Linux: ``/proc/<pid>/stat`` — the start time is the process's start in
+  clock ticks since boot (as text, the format journals have always held),
+  and the boot id is ``/proc/sys/kernel/random/boot_id``.
+* everywhere else (Windows, macOS, the BSDs): psutil — the start time is
+  the process's creation time in seconds since the epoch (``"%.6f"``), which
+  already differs across a reboot, so the boot id is left empty.
+
+Never ``os.kill(pid, 0)``: on Windows signal 0 is ``CTRL_C_EVENT``, not a
+probe.
+
+The default owner is the process that called the command.  On Windows a
+console script is a launcher (pip's ``sop-begin.exe``, a venv's
+``python.exe`` redirector) that starts the real interpreter as its child and
+exits with it, so the parent of the interpreter is gone when the command
+returns; the owner is the nearest ancestor that is not such a launcher
+(:func:`default_owner_pid`).
 """
 
 from __future__ import annotations
@@ -11,7 +29,8 @@ from __future__ import annotations
 import getpass
 import os
 import socket
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -23,7 +42,7 @@ from .errors import Refused
 class Owner(msgspec.Struct, frozen=True, kw_only=True):
     host: str
     pid: int
-    start: str = ""        # the pid's start time (clock ticks since boot, as text); "" when unknown
+    start: str = ""        # the pid's start time (see the module docstring); "" when unknown
     boot: str = ""         # the boot id; "" when unknown
     user: str = ""
 
@@ -47,7 +66,10 @@ def boot_id() -> str:
         return ""
 
 
-def _proc_stat(pid: int) -> tuple[str, str] | None:
+Probe = Callable[[int], "tuple[str, str] | None"]
+
+
+def _probe_proc(pid: int) -> tuple[str, str] | None:
     """(state, start time) of a pid from /proc, or None when there is no such process."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
@@ -60,33 +82,155 @@ def _proc_stat(pid: int) -> tuple[str, str] | None:
     return rest[0], rest[19]
 
 
-def pid_running(pid: int) -> bool:
+def _probe_psutil(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of a pid from psutil, or None when there is no such process.
+
+    The state is ``Z`` for a zombie (as /proc says), else ``R``; the start time
+    is the creation time, which psutil reads without extra rights on all
+    three platforms (on Windows even for other users' processes).
+    """
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        start = f"{p.create_time():.6f}"
+    except psutil.ZombieProcess:                    # a subclass of NoSuchProcess: first
+        return ("Z", "")
+    except (psutil.NoSuchProcess, ValueError):
+        return None
+    except (psutil.AccessDenied, OSError):
+        return ("?", "") if psutil.pid_exists(pid) else None
+    try:
+        state = "Z" if p.status() == psutil.STATUS_ZOMBIE else "R"
+    except psutil.NoSuchProcess:
+        return None
+    except (psutil.Error, OSError):
+        state = "R"
+    return state, start
+
+
+def _default_probe() -> Probe:
+    return _probe_proc if sys.platform.startswith("linux") and os.path.isdir("/proc/self") else _probe_psutil
+
+
+def _boot_id(probe: Probe) -> str:
+    return boot_id() if probe is _probe_proc else ""
+
+
+def pid_running(pid: int, probe: Probe | None = None) -> bool:
     """True when a process with this pid exists and is not a zombie."""
     if pid <= 0:
         return False
-    if os.path.isdir("/proc/self"):
-        st = _proc_stat(pid)
-        return st is not None and st[0] not in ("Z", "X")
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    st = (probe or _default_probe())(pid)
+    return st is not None and st[0] not in ("Z", "X")
 
 
-def owner_of(pid: int) -> Owner:
+def owner_of(pid: int, probe: Probe | None = None) -> Owner:
     """Describe a running process as an owner; refuse (exit 1) a pid that is not running."""
-    if not pid_running(pid):
+    probe = probe or _default_probe()
+    st = probe(pid) if pid > 0 else None
+    if st is None or st[0] in ("Z", "X"):
         raise Refused(f"owner pid {pid} is not running.",
-                      detail="Action: pass --owner-pid of a live process (scripts: --owner-pid $$).")
-    st = _proc_stat(pid) if os.path.isdir("/proc/self") else None
-    return Owner(host=hostname(), pid=pid, start=st[1] if st else "", boot=boot_id(), user=username())
+                      detail="Action: pass --owner-pid of a live process (scripts: --owner-pid $$; "
+                             "PowerShell: --owner-pid $PID).")
+    return Owner(host=hostname(), pid=pid, start=st[1], boot=_boot_id(probe), user=username())
 
 
-def default_owner_pid(env: Mapping[str, str] | None = None) -> int:
-    """``$SOP_OWNER_PID`` when set, else the calling process's parent."""
+# ---------------------------------------------------------------- the default owner
+
+@dataclass(frozen=True)
+class Proc:
+    """What the launcher test needs to know of one process."""
+
+    pid: int
+    ppid: int
+    exe: str
+    cmdline: tuple[str, ...]
+
+
+def _proc_info(pid: int) -> Proc | None:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        with p.oneshot():
+            ppid = p.ppid()
+            try:
+                exe = p.exe()
+            except (psutil.AccessDenied, OSError):
+                exe = _image_name(pid)
+            try:
+                cmdline = tuple(p.cmdline())
+            except (psutil.AccessDenied, OSError):
+                cmdline = ()
+        return Proc(pid, ppid, exe, cmdline)
+    except (psutil.Error, OSError):
+        return None
+
+
+def _image_name(pid: int) -> str:
+    """The executable of a process through QueryFullProcessImageNameW (Windows), where psutil cannot say.
+
+    psutil reads it with NtQuerySystemInformation, which Wine lacks; this
+    needs only PROCESS_QUERY_LIMITED_INFORMATION.
+    """
+    if os.name != "nt":
+        return ""
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined,unused-ignore]
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    handle = kernel32.OpenProcess(0x1000, False, pid)
+    if not handle:
+        return ""
+    try:
+        buf = ctypes.create_unicode_buffer(32768)
+        size = wintypes.DWORD(len(buf))
+        ok = kernel32.QueryFullProcessImageNameW(wintypes.HANDLE(handle), 0, buf, ctypes.byref(size))
+        return buf.value if ok else ""
+    finally:
+        kernel32.CloseHandle(wintypes.HANDLE(handle))
+
+
+def _same_path(a: str, b: str) -> bool:
+    if not a or not b:
+        return False
+    return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
+
+
+def is_launcher_of(parent: Proc, script: str, args: Sequence[str]) -> bool:
+    """Whether ``parent`` only launched this interpreter and exits with it.
+
+    ``script`` is this interpreter's ``sys.argv[0]`` and ``args`` its
+    arguments after the interpreter (``sys.orig_argv[1:]``).  A console-script
+    launcher (pip's ``sop-begin.exe``) is itself the script the interpreter
+    runs; a redirector (a venv's ``python.exe``, ``py.exe``) ran with the same
+    arguments that it passed on.
+    """
+    if _same_path(parent.exe, script) or _same_path(parent.exe, script + ".exe"):   # pip's drops the .exe
+        return True
+    return bool(args) and len(parent.cmdline) > 1 and list(parent.cmdline[1:]) == list(args)
+
+
+def owner_ancestor(ppid: int, script: str, args: Sequence[str],
+                   info: Callable[[int], Proc | None] = _proc_info, limit: int = 4) -> int:
+    """The nearest ancestor, from ``ppid`` up, that is not a launcher of this interpreter."""
+    pid = ppid
+    for _ in range(limit):
+        p = info(pid)
+        if p is None or p.ppid <= 0 or not is_launcher_of(p, script, args):
+            return pid
+        pid = p.ppid
+    return pid
+
+
+def default_owner_pid(env: Mapping[str, str] | None = None, *, launchers: bool | None = None) -> int:
+    """``$SOP_OWNER_PID`` when set, else the calling process: the parent, past any launcher.
+
+    ``launchers`` (default: on Windows) looks past console-script launchers;
+    on POSIX a console script is a plain script, so the parent is the caller.
+    """
     env = os.environ if env is None else env
     value = env.get("SOP_OWNER_PID", "").strip()
     if value:
@@ -94,8 +238,15 @@ def default_owner_pid(env: Mapping[str, str] | None = None) -> int:
             return int(value)
         except ValueError:
             raise Refused(f"SOP_OWNER_PID={value!r} is not a pid.") from None
-    return os.getppid()
+    ppid = os.getppid()
+    if launchers is None:
+        launchers = os.name == "nt"
+    if not launchers:
+        return ppid
+    return owner_ancestor(ppid, sys.argv[0], getattr(sys, "orig_argv", sys.argv)[1:])
 
+
+# ---------------------------------------------------------------- liveness
 
 @dataclass(frozen=True)
 class Liveness:
@@ -103,22 +254,22 @@ class Liveness:
     why: str
 
 
-def liveness(owner: Owner) -> Liveness:
+def liveness(owner: Owner, probe: Probe | None = None) -> Liveness:
     """Whether an owner still runs, as far as this host can tell."""
     if owner.host != hostname():
         return Liveness(None, f"runs on another host ({owner.host}); cannot check")
-    if owner.boot and boot_id() and owner.boot != boot_id():
+    probe = probe or _default_probe()
+    here = _boot_id(probe)
+    if owner.boot and here and owner.boot != here:
         return Liveness(False, "the machine has rebooted since")
-    if os.path.isdir("/proc/self"):
-        st = _proc_stat(owner.pid)
-        if st is None:
-            return Liveness(False, f"pid {owner.pid} is gone")
-        if st[0] in ("Z", "X"):
-            return Liveness(False, f"pid {owner.pid} is a zombie")
-        if owner.start and st[1] and st[1] != owner.start:
-            return Liveness(False, f"pid {owner.pid} is another process now")
-        return Liveness(True, f"pid {owner.pid} is alive")
-    return Liveness(pid_running(owner.pid), f"pid {owner.pid}")
+    st = probe(owner.pid) if owner.pid > 0 else None
+    if st is None:
+        return Liveness(False, f"pid {owner.pid} is gone")
+    if st[0] in ("Z", "X"):
+        return Liveness(False, f"pid {owner.pid} is a zombie")
+    if owner.start and st[1] and st[1] != owner.start:
+        return Liveness(False, f"pid {owner.pid} is another process now")
+    return Liveness(True, f"pid {owner.pid} is alive")
 
 
 def is_abandoned(owner: Owner, begun: datetime, now: datetime, older_than: timedelta) -> bool:

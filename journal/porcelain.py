@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +27,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from . import fsops, inputs, locks, names, sheet, txn, wal
+from . import child, fsops, inputs, locks, names, sheet, txn, wal
 from .errors import Refused, SheetDamaged, SheetLocked, SopError, UsageError, WrongState
 from .owner import owner_of
 from .render import NOT_JSON
@@ -511,7 +509,8 @@ def run(cmd: Sequence[str], strategy: str | None = None, *, run_id: str | None =
         stdout: int | None = None, env: dict[str, str] | None = None) -> RunResult:
     """Begin, run ``cmd`` with the SOP_* environment, commit on exit 0, abort otherwise.
 
-    SIGINT and SIGTERM received meanwhile are forwarded to the command.  The
+    SIGINT and SIGTERM received meanwhile are forwarded to the command (on
+    Windows, Ctrl-C and Ctrl-Break as CTRL_BREAK_EVENT, see :mod:`journal.child`).  The
     result's ``status`` is the command's status when it failed, else the commit's.
     """
     base_env = dict(os.environ if env is None else env)
@@ -520,22 +519,14 @@ def run(cmd: Sequence[str], strategy: str | None = None, *, run_id: str | None =
     child_env = {**base_env, "SOP_ROOT": str(ws.root), "SOP_TXID": tx.txid, "SOP_STRATEGY": tx.strategy,
                  "SOP_RUN_ID": tx.run_id, "SOP_STRATEGY_DIR": tx.strategy_dir, "SOP_RUN_DIR": tx.run_dir}
     try:
-        proc = subprocess.Popen(list(cmd), env=child_env, stdout=stdout)
+        proc = child.spawn(cmd, child_env, stdout)
     except OSError as e:
         ab = abort(tx.txid, root=ws, reason=f"the command could not start: {e.strerror}")
         err = Refused(f"cannot run {cmd[0]!r}: {e.strerror}; transaction {tx.txid} rolled back")
         return RunResult(tx.txid, tx.strategy, tx.run_id, 127, ab.state, 127, error=err, abort=ab)
 
-    def forward(signum: int, _frame: Any) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signum)
-
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with child.forwarding(proc):
         status = proc.wait()
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
     if status < 0:
         status = 128 - status
     if status != 0:

@@ -169,10 +169,17 @@ _encode_index = msgspec.msgpack.Encoder().encode
 _decode_index = msgspec.msgpack.Decoder(_Index).decode
 
 
+_U64 = (1 << 64) - 1
+
+
 def _stamp(path: Path, st: os.stat_result | None = None) -> list[int]:
-    """What identifies one version of the sheet: a save by anyone makes a new inode or mtime."""
+    """What identifies one version of the sheet: a save by anyone makes a new inode or mtime.
+
+    The file id is kept whole as two 64-bit halves: on ReFS and Dev Drives
+    it is 128 bits, more than a msgpack integer holds.
+    """
     st = st or os.stat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
+    return [st.st_size, st.st_mtime_ns, st.st_ino & _U64, st.st_ino >> 64, st.st_dev & _U64]
 
 
 def _cache_path(ws: Workspace, path: Path) -> Path:
