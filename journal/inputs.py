@@ -40,13 +40,13 @@ from typing import Any
 
 import msgspec
 
+from . import fsops
 from .errors import Refused
 
 METADATA_MAX_BYTES = 16 << 20           # a run's metadata is a few KB; 16 MiB leaves room for big metrics
 DIRECTIVE_MAX_BYTES = 64 << 10          # a directive names a strategy and a run id
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-_O_BINARY = getattr(os, "O_BINARY", 0)
 
 
 class Unreadable(Exception):
@@ -60,11 +60,11 @@ def read_file(path: str | os.PathLike[str], limit: int, *, follow: bool = False)
     ``follow`` (``O_NOFOLLOW``), and never reads more than ``limit`` + 1 bytes.
     FileNotFoundError passes through, so that callers can say "missing".
     """
-    flags = os.O_RDONLY | _O_NONBLOCK | _O_BINARY | (0 if follow else _O_NOFOLLOW)
+    flags = os.O_RDONLY | _O_NONBLOCK | (0 if follow else _O_NOFOLLOW)
     if not follow and os.path.islink(path):
         raise Unreadable("is a symbolic link (not followed)")
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, flags | fsops.O_BINARY)
     except FileNotFoundError:
         raise
     except OSError as e:
