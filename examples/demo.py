@@ -85,7 +85,10 @@ def show_cmd(argv: list[str], ws: Path) -> str:
         elif a.startswith(str(REPO / "bin")):
             continue                                          # a shim: show the command's name only
         elif os.path.isabs(a) and os.path.exists(a):
-            rel = os.path.relpath(a, ws)
+            try:
+                rel = os.path.relpath(a, ws)
+            except ValueError:                                # another drive than the workspace's (Windows)
+                rel = a
             if Path(a).parent == Path(sysconfig.get_path("scripts")) or shutil.which(Path(a).name) == a:
                 shown.append(Path(a).name)
             else:
