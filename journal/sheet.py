@@ -70,6 +70,7 @@ class SheetView:
         self._maps: tuple[dict[str, list[int]], dict[str, list[int]]] | None = None
         self.stamp: list[int] = []                  # the file version this index describes
         self.writable = False                       # this version passed the writer's checks (sop wrote it)
+        self.layout: list[Any] | None = None        # where sop's writer laid this version out (xlsx.Layout)
 
     @property
     def rows(self) -> list[SheetRow]:
@@ -160,6 +161,7 @@ class _Index(msgspec.Struct, array_like=True):
     skeys: list[str]
     rkeys: list[str]
     writable: bool = False          # the writer's checks passed on this version (it wrote it, or checked it)
+    layout: list[Any] | None = None  # xlsx.Layout.to_list() of this version, when sop's writer laid it out
 
 
 _encode_index = msgspec.msgpack.Encoder().encode
@@ -197,6 +199,7 @@ def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None, 
                              lists=(idx.numbers, idx.strategies, idx.run_ids), keys=(idx.skeys, idx.rkeys))
             view.stamp = stamp
             view.writable = idx.writable
+            view.layout = idx.layout
             return view
     except (OSError, msgspec.DecodeError, msgspec.ValidationError):
         pass
@@ -210,7 +213,7 @@ def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None, 
 def _save_index(ws: Workspace, view: SheetView) -> None:
     sk, rk = view.keylists()
     idx = _Index(view.stamp, view.worksheet, view.header_row, view.headers, view.columns,
-                 view.numbers, view.strategies, view.run_ids, sk, rk, view.writable)
+                 view.numbers, view.strategies, view.run_ids, sk, rk, view.writable, view.layout)
     try:
         if not ws.cache_dir.is_dir():
             fsops.mkdir(ws.cache_dir, parents=True, exist_ok=True)
@@ -347,18 +350,26 @@ def append(ws: Workspace, rows: list[dict[str, Any]], view: SheetView | None = N
     sc, rc = view.columns[STRATEGY], view.columns[RUNID]
     old = view
 
-    def cache_new_index(numbers: list[int], st: os.stat_result) -> None:
+    def cache_new_index(numbers: list[int], st: os.stat_result, layout: xlsx.Layout | None) -> None:
         if not old.stamp or _stamp(path) != old.stamp:
             return                  # the sheet was saved by someone else meanwhile: let the next read parse it
+        strategies = [names.cell_text(c.get(sc)) for c in cells]
+        run_ids = [names.cell_text(c.get(rc)) for c in cells]
+        sk, rk = old.keylists()     # the old keys (cached with the index) and the new rows': no row keyed twice
+        key = names.key
         new = SheetView(path, old.worksheet, old.header_row, old.headers, old.columns,
-                        lists=(old.numbers + numbers,
-                               old.strategies + [names.cell_text(c.get(sc)) for c in cells],
-                               old.run_ids + [names.cell_text(c.get(rc)) for c in cells]))
+                        lists=(old.numbers + numbers, old.strategies + strategies, old.run_ids + run_ids),
+                        keys=(sk + [key(v) if v else "" for v in strategies],
+                              rk + [key(v) if v else "" for v in run_ids]))
         new.stamp = _stamp(path, st)
         new.writable = True         # sop's own output, which its writer accepts
+        new.layout = layout.to_list() if layout is not None else None
         _save_index(ws, new)
 
-    numbers: list[int] = _x().append_rows(path, ws.config.worksheet or None, cells, cache_new_index)
+    x = _x()
+    layout = x.Layout.from_list(view.layout) if view.layout else None
+    numbers: list[int] = x.append_rows(path, ws.config.worksheet or None, cells, cache_new_index,
+                                       layout=layout, checked=view.stamp if view.writable else None)
     return numbers
 
 

@@ -164,6 +164,7 @@ from .package import Replacement
 from .ranges import Range, RowMap, col_index, col_letters
 from .read import Row, Table, normalize_header, read_table
 from .remove import remove_rows
+from .splice import Layout
 from .text import Value, encode_rows
 
 __all__ = [
@@ -172,6 +173,7 @@ __all__ = [
     "MAX_CELL_CHARS",
     "MAX_COL",
     "MAX_ROW",
+    "Layout",
     "NS_DOC_RELS",
     "NS_MAIN",
     "NS_PKG_RELS",
