@@ -14,7 +14,8 @@ which include its reaped children, i.e. the XML check's child):
   rewrites it whole), the median of ``--foreign`` runs;
 * ``sop-begin`` on the unchanged sheet (peak RSS);
 * ``--openpyxl``: openpyxl load + append + save once (slow: ~25 s at 100k rows);
-* ``--concurrent N``: N ``sop-run`` processes started at once, each running ``true``;
+* ``--concurrent N``: N ``sop-run`` processes started at once (the default ``[lock]`` settings), each
+  writing its ``run_metadata.json``;
 * ``--no-ids N``: ``sop init`` and ``sop-begin`` on N rows whose Strategy/RunID cells are empty,
   against N rows that hold them.
 
@@ -53,19 +54,31 @@ def load() -> str:
     return f"load {os.getloadavg()[0]:.2f}"
 
 
+# Linux starts a forked child's peak RSS at its parent's and keeps it across exec, so the measured
+# process is started by this small launcher (a fresh interpreter, ~10 MB), never by this process.
+LAUNCHER = r"""
+import json, os, subprocess, sys, time
+t = time.perf_counter()
+p = subprocess.Popen(sys.argv[1:])
+_, status, ru = os.wait4(p.pid, 0)
+wall = time.perf_counter() - t
+json.dump({"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss_mb": ru.ru_maxrss / 1024,
+           "code": os.waitstatus_to_exitcode(status)}, sys.stderr)
+"""
+
+
 def proc(*cmd: str, check: bool = True) -> dict[str, Any]:
     """Run a process; its wall time, CPU (user + system, with its reaped children) and peak RSS."""
-    t = time.perf_counter()
-    p = subprocess.Popen(list(cmd), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = p.stdout.read() if p.stdout else b""
-    err = p.stderr.read() if p.stderr else b""
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if check and p.returncode != 0:
-        raise SystemExit(f"{cmd} failed ({p.returncode}): {err.decode()}")
-    return {"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss_mb": ru.ru_maxrss / 1024, "code": p.returncode,
-            "out": out.decode(), "load": os.getloadavg()[0]}
+    out_f, err_f = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    p = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], env=ENV, stdout=out_f, stderr=err_f)
+    out_f.seek(0)
+    err_f.seek(0)
+    out, err = out_f.read().decode(), err_f.read().decode()
+    head, _, stats = err.rpartition("\n") if not err.startswith("{") else ("", "", err)
+    res = json.loads(stats)
+    if p.returncode or (check and res["code"] != 0):
+        raise SystemExit(f"{cmd} failed ({res['code']}): {head}")
+    return {**res, "out": out, "load": os.getloadavg()[0]}
 
 
 def sop(cmd: str, root: Path, *args: str, check: bool = True) -> dict[str, Any]:
@@ -85,8 +98,12 @@ def build(root: Path, rows: int, ids: bool = True) -> None:
     wb.close()
 
 
-def configure(root: Path) -> None:
-    (root / ".sop" / "config.toml").write_text("[lock]\nbackoff_seconds = 0\ntimeout_seconds = 600\n")
+def configure(root: Path) -> str:
+    """No lock back-off for the timed commits (they run one at a time); returns the config as sop init wrote it."""
+    cfg = root / ".sop" / "config.toml"
+    original = cfg.read_text()
+    cfg.write_text("[lock]\nbackoff_seconds = 0\ntimeout_seconds = 600\n")
+    return original
 
 
 def begin(root: Path, name: str) -> dict[str, str]:
@@ -158,7 +175,7 @@ def main() -> None:
         t = time.perf_counter()
         build(root, args.rows)
         sop("init", root)
-        configure(root)
+        default_config = configure(root)
         path = root / SHEET
         print(f"built {args.rows:,} rows x 16 columns ({path.stat().st_size / 1e6:.1f} MB) in "
               f"{time.perf_counter() - t:.0f} s; {load()}", flush=True)
@@ -196,7 +213,8 @@ def main() -> None:
             op = proc(sys.executable, "-c", code, str(copy))
             print(row("openpyxl load + append + save (once)", [op],
                       f"steady sop-commit is {op['wall'] / med(steady, 'wall'):.0f} x faster"))
-        if args.concurrent:
+        if args.concurrent:                                     # with the default [lock] settings
+            (root / ".sop" / "config.toml").write_text(default_config)
             t = time.perf_counter()
             procs = [subprocess.Popen([sys.executable, str(BIN / "sop-run"), "-C", str(root), "--strategy",
                                        f"Run{i}", "--", sys.executable, "-c",

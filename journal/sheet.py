@@ -3,6 +3,20 @@
 This layer knows the SPEC's rules (which columns are required, how names
 compare, how values are typed) and leaves the bytes of the workbook to
 :mod:`journal.xlsx`.
+
+The index cache, ``.sop/cache/sheet-index-<hash>.msgpack`` (one per sheet
+path and worksheet), holds the sheet's rows, strategies and run ids for one
+version of the file, keyed on its size, mtime, inode and device, with
+whether the writer's checks passed on it and where sop's writer laid it out
+(:class:`journal.xlsx.Layout`).  Its format, version 2 (:class:`_Packed`):
+``sop-sheet-index 2 <l|b>\n`` (``l``/``b`` the machine's byte order), the
+header's length (4 bytes, little-endian), the header (a msgpack array,
+:class:`_Header`), then the sections: row numbers (unsigned 32-bit, native
+order), and for strategies then run ids a blob (``\0``, then each text in
+UTF-8 followed by ``\0``) and the offset of each text's leading ``\0``
+(unsigned 32-bit, one more for the last ``\0``); a column holding non-ASCII
+text is followed (after both columns) by its comparison keys, packed the
+same way.  Any other content is not this version: the sheet is read again.
 """
 
 from __future__ import annotations
@@ -384,11 +398,21 @@ def _stamp(path: Path, st: os.stat_result | None = None) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
 
 
-_loaded: dict[tuple[str, str], SheetView] = {}     # the index this process loaded, by sheet (see read)
+# The index the current command loaded: (its Workspace object, sheet path, worksheet, view).  Keyed on
+# the Workspace object, which each command opens anew, so one command loads the index once and the
+# next one (in this process or another) looks at the cache file again.
+_loaded: list[tuple[Workspace, str, str, SheetView]] = []
 
 
-def _cache_key(ws: Workspace, path: Path) -> tuple[str, str]:
-    return os.fspath(path), ws.config.worksheet
+def _recall(ws: Workspace, path: Path, stamp: list[int]) -> SheetView | None:
+    for w, p, sheet_name, view in _loaded:
+        if w is ws and p == os.fspath(path) and sheet_name == ws.config.worksheet and view.stamp == stamp:
+            return view
+    return None
+
+
+def _remember(ws: Workspace, view: SheetView) -> None:
+    _loaded[:] = [(ws, os.fspath(view.path), ws.config.worksheet, view)]
 
 
 def _cache_path(ws: Workspace, path: Path) -> Path:
@@ -409,9 +433,9 @@ def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None, 
     if all_columns or not cache:
         return _read(ws, path, all_columns)
     stamp = _stamp(path)
-    got = _loaded.get(_cache_key(ws, path))
-    if got is not None and got.stamp == stamp:
-        return got                                 # loaded once per process while the sheet is unchanged
+    got = _recall(ws, path, stamp)
+    if got is not None:
+        return got                                 # loaded once per command while the sheet is unchanged
     try:
         pk = _Packed.load(_cache_path(ws, path).read_bytes())
         h = pk.hdr
@@ -420,7 +444,7 @@ def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None, 
             view.stamp = stamp
             view.writable = h.writable
             view.layout = h.layout
-            _loaded[_cache_key(ws, path)] = view
+            _remember(ws, view)
             return view
     except (OSError, ValueError, TypeError, msgspec.DecodeError, msgspec.ValidationError):
         pass
@@ -434,7 +458,7 @@ def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None, 
 def _save_index(ws: Workspace, view: SheetView) -> None:
     secs, ascii_ = _sections(view)
     _write_index(ws, view, secs, len(view), ascii_)
-    _loaded[_cache_key(ws, view.path)] = view
+    _remember(ws, view)
 
 
 def _read(ws: Workspace, path: Path, all_columns: bool) -> SheetView:

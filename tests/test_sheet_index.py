@@ -80,7 +80,7 @@ def test_an_index_of_another_version_or_format_is_read_again(w: workspace.Worksp
         assert sheet._Packed.load(f.read_bytes()).hdr.count == 1      # rewritten
 
 
-def test_the_index_is_loaded_once_per_process_while_the_sheet_is_unchanged(w: workspace.Workspace,
+def test_the_index_is_loaded_once_per_command_while_the_sheet_is_unchanged(w: workspace.Workspace,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     sheet.append(w, [{"Strategy": "Alpha", "RunID": "run-1"}])
     sheet._loaded.clear()
@@ -95,3 +95,5 @@ def test_the_index_is_loaded_once_per_process_while_the_sheet_is_unchanged(w: wo
     assert sheet.read(w) is a and loads == [1]
     sheet.append(w, [{"Strategy": "Beta", "RunID": "run-2"}], a)
     assert [r.strategy for r in sheet.read(w).rows] == ["Alpha", "Beta"] and loads == [1, 1]
+    w2 = workspace.open_workspace(w.root)                         # the next command looks at the cache again
+    assert sheet.read(w2) is sheet.read(w2) and loads == [1, 1, 1]
