@@ -24,6 +24,7 @@ from fixtures_xlsx import (
     decorated_book,
     members,
     openpyxl_values,
+    soffice_convert,
     soffice_csv,
     xlsxwriter_book,
 )
@@ -260,10 +261,12 @@ def test_sheet_append_keeps_the_layout_in_its_index_and_splices_the_next_commit(
 def test_libreoffice_reads_a_spliced_append(tmp_path: Path) -> None:
     path = decorated_book(tmp_path / "m.xlsx")
     rec = Recorder()
-    xlsx.append_rows(path, None, [{1: "first", 2: "run-f"}], rec)
-    xlsx.append_rows(path, None, [{1: "second", 2: "run-s", 6: 12}], rec, layout=rec.last)
+    assert xlsx.append_rows(path, None, [{1: "first", 2: "run-f"}], rec) == [13]
+    assert xlsx.append_rows(path, None, [{1: "second", 2: "run-s", 6: 12}], rec, layout=rec.last) == [14]
     rows = soffice_csv(path, tmp_path / "lo")
-    assert rows[8][:2] == ["second", "run-s"] and rows[8][5] == "12"
+    assert rows[0][:2] == ["Strategy", "RunID"]
+    assert rows[12][:2] == ["first", "run-f"]
+    assert rows[13][:2] == ["second", "run-s"] and rows[13][5] == "12"
 
 
 def test_a_table_holding_the_last_row_grows_in_a_spliced_append(tmp_path: Path,
@@ -280,3 +283,20 @@ def test_a_table_holding_the_last_row_grows_in_a_spliced_append(tmp_path: Path,
     assert members(path) == members(full)
     assert b'ref="A1:G9"' in members(path)["xl/tables/table1.xml"]
     assert openpyxl_values(path)["A9"] == "second"
+
+
+def test_libreoffice_saving_between_two_spliced_appends(tmp_path: Path) -> None:
+    """LibreOffice as the foreign program: its save is rewritten whole, laid out, then spliced again."""
+    path = xlsxwriter_book(tmp_path / "m.xlsx", data_rows(4))
+    rec = Recorder()
+    xlsx.append_rows(path, None, [{1: "s1", 2: "r1"}], rec)
+    xlsx.append_rows(path, None, [{1: "s2", 2: "r2"}], rec, layout=rec.last)
+    saved = soffice_convert(path, "xlsx", tmp_path / "lo-save")
+    os.replace(saved, path)
+    assert xlsx.append_rows(path, None, [{1: "s3", 2: "r3"}], rec, layout=rec.last) == [8]   # a stale record
+    with xlsx.package.Package(path) as pkg:
+        assert rec.last is not None and xlsx.splice.verify(pkg, SHEET, rec.last) is not None
+    assert xlsx.append_rows(path, None, [{1: "s4", 2: "r4"}], rec, layout=rec.last) == [9]
+    rows = soffice_csv(path, tmp_path / "lo-read")
+    assert [r[:2] for r in rows[5:9]] == [["s1", "r1"], ["s2", "r2"], ["s3", "r3"], ["s4", "r4"]]
+    assert calamine_rows(path)[8][:2] == ["s4", "r4"]
