@@ -300,3 +300,28 @@ def test_libreoffice_saving_between_two_spliced_appends(tmp_path: Path) -> None:
     rows = soffice_csv(path, tmp_path / "lo-read")
     assert [r[:2] for r in rows[5:9]] == [["s1", "r1"], ["s2", "r2"], ["s3", "r3"], ["s4", "r4"]]
     assert calamine_rows(path)[8][:2] == ["s4", "r4"]
+
+
+def test_an_append_right_after_check_append_on_the_same_file_scans_once(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first commit after a foreign save: the gate's check_append scans (and checks) the sheet;
+    the append that follows starts from that scan instead of reading the sheet again."""
+    from journal.xlsx import edit
+
+    path = xlsxwriter_book(tmp_path / "m.xlsx", data_rows(20))
+    scans: list[int] = []
+    real = edit.scan_sheet
+
+    def counting(*a: Any, **k: Any) -> Any:
+        scans.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(edit, "scan_sheet", counting)
+    xlsx.check_append(path, None, 1, [1, 2])
+    assert xlsx.append_rows(path, None, [{1: "a", 2: "r-a"}]) == [22]
+    assert scans == [1]
+    xlsx.check_append(path, None, 1, [1, 2])                    # another file now: scanned afresh
+    os.utime(path, ns=(1, 1))                                   # and touched after its check
+    assert xlsx.append_rows(path, None, [{1: "b", 2: "r-b"}]) == [23]
+    assert scans == [1, 1, 1]
+    assert [r.values[1] for r in xlsx.read_table(path).rows[-2:]] == ["a", "b"]
+    assert calamine_rows(path)[-1][:2] == ["b", "r-b"]

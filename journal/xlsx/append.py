@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from journal.errors import Refused
 
 from .constants import MAX_COL, MAX_ROW
-from .edit import Trusted, Validator, editing, opened, write_workbook
+from .edit import Trusted, Validator, editing, opened, remember_scan, write_workbook
 from .package import (
     FLUSH,
     Copied,
@@ -310,6 +310,7 @@ def check_append(path: str | os.PathLike[str], worksheet: str | None, count: int
     with editing(path, worksheet, keep_rest=True) as (pkg, info, validator, scan):
         _plan(pkg, info, scan, encoded)
         validator.join()
+        remember_scan(pkg, info.part, scan)
 
 
 def _clear_of_merges(tail: bytes, sx: Sx, first: int, count: int) -> int:

@@ -90,6 +90,28 @@ def checked_before(pkg: Package, checked: Sequence[int] | None) -> bool:
     return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev] == list(checked)
 
 
+# The first scan of the last check_append that passed (its XML check too), by the stat of the very
+# file it read: an append to that file right after (the commit gate, then the write) starts from it.
+_checked_scan: list[tuple[list[int], str, str, Scan]] = []
+
+
+def _stamp_of(pkg: Package) -> list[int]:
+    st = os.fstat(pkg.f.fileno())
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
+
+
+def remember_scan(pkg: Package, part: str, scan: Scan) -> None:
+    """Keep the first scan of a file whose checks just passed, for an append to the same file."""
+    _checked_scan[:] = [(_stamp_of(pkg), os.fspath(pkg.path), part, scan)]
+
+
+def _recall_scan(pkg: Package, part: str) -> Scan | None:
+    for stamp, path, p, scan in _checked_scan:
+        if p == part and path == os.fspath(pkg.path) and stamp == _stamp_of(pkg):
+            return scan
+    return None
+
+
 @contextlib.contextmanager
 def opened(path: str | os.PathLike[str], worksheet: str | None) -> Iterator[tuple[Package, SheetInfo]]:
     """The package and its master sheet, closed however the rewrite ends."""
@@ -109,12 +131,18 @@ def editing(path: str | os.PathLike[str], worksheet: str | None, keep_rest: bool
     The check is cancelled and the package closed however the rewrite ends (a finished rewrite
     has joined the check already).  When the opened file is the version whose stat is
     ``checked`` (this package's checks passed on it), the XML check is skipped.  ``opened_pkg``
-    is a package already opened (:func:`opened`)."""
+    is a package already opened (:func:`opened`).  Right after :func:`.append.check_append` passed
+    on the same file (the same stat), its first scan is used again: no first pass, no XML check."""
     pkg, info = opened_pkg if opened_pkg is not None else (Package(path), None)
     validator: Validator | None = None
     try:
         if info is None:
             info = pkg.sheet(worksheet)
+        known = _recall_scan(pkg, info.part) if keep_rest else None
+        if known is not None:                # checked a moment ago, the same file: no first pass, no XML check
+            validator = Trusted(pkg, info.part)
+            yield pkg, info, validator, known
+            return
         validator = Trusted(pkg, info.part) if checked_before(pkg, checked) else Validator(pkg, info.part)
         yield pkg, info, validator, scan_sheet(pkg, info.part, validator.inline, keep_rest)
     finally:
