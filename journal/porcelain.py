@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import child, fsops, inputs, locks, names, sheet, txn, wal
-from .errors import Refused, SheetDamaged, SheetLocked, SopError, UsageError, WrongState
+from .errors import Busy, Refused, SheetDamaged, SheetLocked, SopError, UsageError, WrongState
 from .owner import owner_of
 from .render import NOT_JSON
 from .states import COMMITTABLE_STATES
@@ -288,6 +288,21 @@ def begin(strategy: str | None = None, *, run_id: str | None = None, directive: 
 
 # ---------------------------------------------------------------- commit
 
+def _own_row(ws: Workspace, tx: wal.TxState) -> int | None:
+    """The row number of a decided run already on the sheet (its run id, with its strategy), else None.
+
+    Read without any lock (the sheet is only ever replaced whole): once the row is there
+    the commit is durable, and the process that wrote it records it (or recovery does).
+    """
+    try:
+        present = sheet.read(ws).run_rows(tx.run_id)
+    except (SopError, OSError):
+        return None
+    if present and names.key(present[0].strategy) == names.key(tx.strategy):
+        return present[0].number
+    return None
+
+
 def _committed(tx: wal.TxState, **kw: Any) -> CommitResult:
     return CommitResult(tx.txid, tx.strategy, tx.run_id, "committed", row=tx.row_number or None, **kw)
 
@@ -380,7 +395,15 @@ def commit(txid: str, *, defer_on_lock: bool = False, root: RootArg = None, now:
         finally:
             if hint is not None:
                 fsops.remove_hint(hint)
-    result = txn.flush(session, want=txid, now=now, sleep=sleep)
+    try:
+        result = txn.flush(session, want=txid, now=now, sleep=sleep)
+    except Busy:
+        # Another commit held the sheet writer's lock through our timeout: it writes every
+        # decided row in one rewrite, ours among them.  If our row is there, we are done.
+        number = _own_row(ws, tx)
+        if number is None:
+            raise
+        return CommitResult(txid, tx.strategy, tx.run_id, "committed", row=number)
     if txid in result.blocked:
         raise Refused(f"the row of {txid} cannot be stored: {result.blocked[txid]}",
                       detail="The commit decision is on record. Fix the sheet's column, then 'sop-commit "

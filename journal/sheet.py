@@ -3,17 +3,35 @@
 This layer knows the SPEC's rules (which columns are required, how names
 compare, how values are typed) and leaves the bytes of the workbook to
 :mod:`journal.xlsx`.
+
+The index cache, ``.sop/cache/sheet-index-<hash>.msgpack`` (one per sheet
+path and worksheet), holds the sheet's rows, strategies and run ids for one
+version of the file, keyed on its size, mtime, inode and device, with
+whether the writer's checks passed on it and where sop's writer laid it out
+(:class:`journal.xlsx.Layout`).  Its format, version 2 (:class:`_Packed`):
+``sop-sheet-index 2 <l|b>\n`` (``l``/``b`` the machine's byte order), the
+header's length (4 bytes, little-endian), the header (a msgpack array,
+:class:`_Header`), then the sections: row numbers (unsigned 32-bit, native
+order), and for strategies then run ids a blob (``\0``, then each text in
+UTF-8 followed by ``\0``) and the offset of each text's leading ``\0``
+(unsigned 32-bit, one more for the last ``\0``); a column holding non-ASCII
+text is followed (after both columns) by its comparison keys, packed the
+same way.  Any other content is not this version: the sheet is read again.
 """
 
 from __future__ import annotations
 
+import array
+import bisect
 import hashlib
+import itertools
 import math
 import os
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import msgspec
 
@@ -51,25 +69,57 @@ class SheetView:
     """The master worksheet's index: who is on which row.
 
     Held as three parallel lists (row numbers, strategies, run ids) and two
-    key maps built on first use; :class:`SheetRow` objects are made only
-    when asked for, so a cached index of 100k rows loads in milliseconds.
+    key maps built on first use, or, when loaded from the cache, as the
+    packed cache file itself (:class:`_Packed`): a few look-ups search its
+    bytes, and the lists are made only when something asks for them, so a
+    cached index of 1M rows loads in milliseconds and ~50 MB.
+    :class:`SheetRow` objects are made only when asked for.
     """
 
     def __init__(self, path: Path, worksheet: str, header_row: int, headers: dict[int, str],
                  columns: dict[str, int], rows: list[SheetRow] | None = None, *,
                  lists: tuple[list[int], list[str], list[str]] | None = None,
-                 keys: tuple[list[str], list[str]] | None = None) -> None:
+                 keys: tuple[list[str], list[str]] | None = None, packed: _Packed | None = None) -> None:
         self.path, self.worksheet, self.header_row = path, worksheet, header_row
         self.headers, self.columns = headers, columns
         self._rows = rows
-        if lists is None:
+        self.packed = packed
+        if lists is None and packed is None:
             rs = rows or []
             lists = ([r.number for r in rs], [r.strategy for r in rs], [r.run_id for r in rs])
-        self.numbers, self.strategies, self.run_ids = lists
+        self._lists = lists
         self._keylists = keys
         self._maps: tuple[dict[str, list[int]], dict[str, list[int]]] | None = None
         self.stamp: list[int] = []                  # the file version this index describes
         self.writable = False                       # this version passed the writer's checks (sop wrote it)
+        self.layout: list[Any] | None = None        # where sop's writer laid this version out (xlsx.Layout)
+
+    def _all(self) -> tuple[list[int], list[str], list[str]]:
+        if self._lists is None:
+            assert self.packed is not None
+            self._lists = self.packed.lists()
+        return self._lists
+
+    @property
+    def numbers(self) -> list[int]:
+        return self._all()[0]
+
+    @property
+    def strategies(self) -> list[str]:
+        return self._all()[1]
+
+    @property
+    def run_ids(self) -> list[str]:
+        return self._all()[2]
+
+    def __len__(self) -> int:
+        return len(self.packed) if self._lists is None and self.packed is not None else len(self.numbers)
+
+    def last_number(self) -> int:
+        """The last row holding a value (rows are in sheet order), or the header row."""
+        if self._lists is None and self.packed is not None:
+            return self.packed.last_number() or self.header_row
+        return self.numbers[-1] if self.numbers else self.header_row
 
     @property
     def rows(self) -> list[SheetRow]:
@@ -80,6 +130,8 @@ class SheetView:
 
     def keylists(self) -> tuple[list[str], list[str]]:
         """The comparison keys of every row's strategy and run id ("" where empty)."""
+        if self._keylists is None and self.packed is not None:
+            self._keylists = self.packed.keylists()
         if self._keylists is None:
             key = names.key
             self._keylists = ([key(s) if s else "" for s in self.strategies],
@@ -105,6 +157,8 @@ class SheetView:
     def _row(self, i: int) -> SheetRow:
         if self._rows is not None:
             return self._rows[i]
+        if self._lists is None and self.packed is not None:
+            return self.packed.row(i)
         return SheetRow(self.numbers[i], self.strategies[i], self.run_ids[i])
 
     @property
@@ -119,6 +173,8 @@ class SheetView:
         k = names.key(name)
         if self._maps is not None:
             return [self._row(i) for i in self._maps[which].get(k, [])]
+        if self._keylists is None and self.packed is not None:     # search the packed bytes
+            return [self._row(i) for i in self.packed.find(which, k)]
         keys = self.keylists()[which]          # a few look-ups: a scan in C beats building a map
         out: list[SheetRow] = []
         i = -1
@@ -149,24 +205,194 @@ def _check_readable(path: Path) -> None:
                            detail="Action: put the workbook back in its place; sop never opens such a file.")
 
 
-class _Index(msgspec.Struct, array_like=True):
-    """The cached index of a sheet: valid while the file's identity and stat are unchanged."""
+class _Header(msgspec.Struct, array_like=True):
+    """The cached index's header; the columns follow it packed (see :class:`_Packed`)."""
 
     stamp: list[int]
     worksheet: str
     header_row: int
     headers: dict[int, str]
     columns: dict[str, int]
-    numbers: list[int]
-    strategies: list[str]
-    run_ids: list[str]
-    skeys: list[str]
-    rkeys: list[str]
+    count: int                      # rows
+    sizes: list[int]                # byte length of each section after the header, in order
+    ascii: list[bool]               # per column (strategies, run ids): every text is ASCII (keys are .lower())
     writable: bool = False          # the writer's checks passed on this version (it wrote it, or checked it)
+    layout: list[Any] | None = None  # xlsx.Layout.to_list() of this version, when sop's writer laid it out
 
 
-_encode_index = msgspec.msgpack.Encoder().encode
-_decode_index = msgspec.msgpack.Decoder(_Index).decode
+_MAGIC = b"sop-sheet-index 2 " + sys.byteorder.encode()[:1] + b"\n"   # native byte order: a local cache
+_encode_header = msgspec.msgpack.Encoder().encode
+_decode_header = msgspec.msgpack.Decoder(_Header).decode
+
+
+class _Packed:
+    """A sheet's index as the cache file holds it, searched in place.
+
+    The file: ``_MAGIC``, the header's length (4 bytes, little-endian), the header
+    (msgpack, :class:`_Header`), then the sections ``numbers`` (one unsigned 32-bit
+    integer per row, native order) and, for strategies and then run ids, a ``blob``
+    (``\\0``, then each text in UTF-8 followed by ``\\0``) and its ``offsets`` (one
+    unsigned 32-bit integer per row, where its text's leading ``\\0`` is, and one more
+    for the final ``\\0``); for a column holding non-ASCII text, its keys' blob and
+    offsets follow the same way (an ASCII text's key is its ``.lower()``, so an ASCII
+    column's keys are its blob lowered).  Texts hold no ``\\0`` (XML cannot carry it).
+    """
+
+    def __init__(self, hdr: _Header, raw: bytes, start: int) -> None:
+        self.hdr = hdr
+        self.raw = raw                       # the file; every section is a range of it (nothing copied)
+        mv = memoryview(raw)
+        at = start
+        self.parts: list[memoryview] = []
+        self.spans: list[tuple[int, int]] = []
+        for size in hdr.sizes:
+            self.parts.append(mv[at:at + size])
+            self.spans.append((at, at + size))
+            at += size
+        if at != len(raw) or len(self.parts) != 5 + 2 * (not hdr.ascii[0]) + 2 * (not hdr.ascii[1]):
+            raise ValueError("sections do not match the header")
+        n = hdr.count
+        self.nums = self.parts[0].cast("I")
+        self.offs = [self.parts[2].cast("I"), self.parts[4].cast("I")]
+        self.blob_at = [self.spans[1][0], self.spans[3][0]]
+        key_at = 5
+        self.key_parts: list[int | None] = [None, None]     # the section of a column's own keys
+        for c in (0, 1):
+            if not hdr.ascii[c]:
+                self.key_parts[c] = key_at
+                if len(self.parts[key_at + 1]) != 4 * (n + 1):
+                    raise ValueError("sections do not match the count")
+                key_at += 2
+        if len(self.nums) != n or any(len(o) != n + 1 for o in self.offs):
+            raise ValueError("sections do not match the count")
+        self._lowered: list[bytes | None] = [None, None]
+
+    def __len__(self) -> int:
+        return self.hdr.count
+
+    def last_number(self) -> int:
+        return self.nums[-1] if self.hdr.count else 0
+
+    def _keyed(self, c: int) -> tuple[bytes, memoryview]:
+        """Column ``c``'s keys as (blob, offsets): its own key sections, or an ASCII blob lowered once."""
+        k = self.key_parts[c]
+        if k is not None:
+            return bytes(self.parts[k]), self.parts[k + 1].cast("I")
+        low = self._lowered[c]
+        if low is None:
+            s, e = self.spans[1 + 2 * c]
+            low = self._lowered[c] = self.raw[s:e].lower()
+        return low, self.offs[c]
+
+    def find(self, c: int, key: str) -> list[int]:
+        """The rows (indexes) whose column ``c`` (0 strategies, 1 run ids) has the comparison key ``key``."""
+        blob, offs = self._keyed(c)
+        want = b"\0" + key.encode() + b"\0"
+        out = []
+        p = blob.find(want)
+        while p >= 0:
+            out.append(bisect.bisect_left(offs, p))
+            p = blob.find(want, p + 1)
+        return out
+
+    def text(self, c: int, i: int) -> str:
+        offs, at = self.offs[c], self.blob_at[c]
+        return self.raw[at + offs[i] + 1:at + offs[i + 1]].decode()
+
+    def row(self, i: int) -> SheetRow:
+        return SheetRow(self.nums[i], self.text(0, i), self.text(1, i))
+
+    def _texts(self, blob: bytes | memoryview) -> list[str]:
+        return bytes(blob[1:-1]).decode().split("\0") if self.hdr.count else []
+
+    def lists(self) -> tuple[list[int], list[str], list[str]]:
+        return self.nums.tolist(), self._texts(self.parts[1]), self._texts(self.parts[3])
+
+    def keylists(self) -> tuple[list[str], list[str]]:
+        return self._texts(self._keyed(0)[0]), self._texts(self._keyed(1)[0])
+
+    @staticmethod
+    def load(data: bytes) -> _Packed:
+        if not data.startswith(_MAGIC):
+            raise ValueError("not a sheet index of this version")
+        at = len(_MAGIC)
+        n = int.from_bytes(data[at:at + 4], "little")
+        hdr = _decode_header(data[at + 4:at + 4 + n])
+        return _Packed(hdr, data, at + 4 + n)
+
+
+Section = list[bytes | memoryview]     # one section of the cache file, in pieces written one after another
+
+
+def _column(texts: list[str]) -> tuple[bool, list[Section]]:
+    """A column's sections (blob, offsets, and for non-ASCII text its keys' blob and offsets)."""
+    blob = ("\0" + "".join(t + "\0" for t in texts)).encode()
+    out: list[Section] = [[blob], [_offsets(texts)]]
+    ascii_ = blob.isascii()
+    if not ascii_:
+        key = names.key
+        keys = [key(t) if t else "" for t in texts]
+        out += [[("\0" + "".join(k + "\0" for k in keys)).encode()], [_offsets(keys)]]
+    return ascii_, out
+
+
+def _offsets(texts: list[str], start: int = 0) -> bytes:
+    sizes = [len(t.encode()) + 1 for t in texts]      # each text and its \0
+    return array.array("I", itertools.accumulate(sizes, initial=start)).tobytes()
+
+
+def _write_index(ws: Workspace, view: SheetView, sections: list[Section], count: int, ascii_: list[bool]) -> None:
+    hdr = _encode_header(_Header(view.stamp, view.worksheet, view.header_row, view.headers, view.columns, count,
+                                 [sum(len(x) for x in sec) for sec in sections], ascii_, view.writable,
+                                 view.layout))
+
+    def write(f: BinaryIO) -> None:
+        f.write(_MAGIC + len(hdr).to_bytes(4, "little") + hdr)
+        for sec in sections:
+            for x in sec:
+                f.write(x)
+    try:
+        if not ws.cache_dir.is_dir():
+            fsops.mkdir(ws.cache_dir, parents=True, exist_ok=True)
+        fsops.atomic_write(_cache_path(ws, view.path), write)
+    except OSError:
+        pass                                       # a cache that cannot be written costs only time
+
+
+def _sections(view: SheetView) -> tuple[list[Section], list[bool]]:
+    """The packed sections of a view (as loaded, or packed from its lists)."""
+    pk = view.packed
+    if pk is not None and view._lists is None:
+        return [[part] for part in pk.parts], list(pk.hdr.ascii)
+    a0, s0 = _column(view.strategies)
+    a1, s1 = _column(view.run_ids)
+    return [[array.array("I", view.numbers).tobytes()], *s0[:2], *s1[:2], *s0[2:], *s1[2:]], [a0, a1]
+
+
+def _extended(old: SheetView, numbers: list[int], strategies: list[str],
+              run_ids: list[str]) -> tuple[list[Section], list[bool]]:
+    """The sections of ``old`` with rows added: each old section as it is, followed by the new rows' part
+    (no old row is decoded or keyed again).  A column that gains its first non-ASCII text is packed anew."""
+    secs, ascii_ = _sections(old)
+    cols = (strategies, run_ids)
+    if any(a and not "".join(t).isascii() for a, t in zip(ascii_, cols, strict=True)):
+        full = SheetView(old.path, old.worksheet, old.header_row, old.headers, old.columns,
+                         lists=(old.numbers + numbers, old.strategies + strategies, old.run_ids + run_ids))
+        return _sections(full)
+    secs = [list(sec) for sec in secs]
+    secs[0].append(array.array("I", numbers).tobytes())
+    pairs = [(1, strategies), (3, run_ids)]                     # (blob section, its texts)
+    at = 5
+    key = names.key
+    for c, texts in enumerate(cols):
+        if not ascii_[c]:
+            pairs.append((at, [key(t) if t else "" for t in texts]))
+            at += 2
+    for i, texts in pairs:
+        end = sum(len(x) for x in secs[i]) - 1              # the blob's final \0: the new texts follow it
+        secs[i].append("".join(t + "\0" for t in texts).encode())
+        secs[i + 1].append(_offsets(texts, end)[4:])
+    return secs, ascii_
 
 
 _U64 = (1 << 64) - 1
@@ -180,6 +406,23 @@ def _stamp(path: Path, st: os.stat_result | None = None) -> list[int]:
     """
     st = st or os.stat(path)
     return [st.st_size, st.st_mtime_ns, st.st_ino & _U64, st.st_ino >> 64, st.st_dev & _U64]
+
+
+# The index the current command loaded: (its Workspace object, sheet path, worksheet, view).  Keyed on
+# the Workspace object, which each command opens anew, so one command loads the index once and the
+# next one (in this process or another) looks at the cache file again.
+_loaded: list[tuple[Workspace, str, str, SheetView]] = []
+
+
+def _recall(ws: Workspace, path: Path, stamp: list[int]) -> SheetView | None:
+    for w, p, sheet_name, view in _loaded:
+        if w is ws and p == os.fspath(path) and sheet_name == ws.config.worksheet and view.stamp == stamp:
+            return view
+    return None
+
+
+def _remember(ws: Workspace, view: SheetView) -> None:
+    _loaded[:] = [(ws, os.fspath(view.path), ws.config.worksheet, view)]
 
 
 def _cache_path(ws: Workspace, path: Path) -> Path:
@@ -200,15 +443,20 @@ def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None, 
     if all_columns or not cache:
         return _read(ws, path, all_columns)
     stamp = _stamp(path)
+    got = _recall(ws, path, stamp)
+    if got is not None:
+        return got                                 # loaded once per command while the sheet is unchanged
     try:
-        idx = _decode_index(_cache_path(ws, path).read_bytes())
-        if idx.stamp == stamp:
-            view = SheetView(path, idx.worksheet, idx.header_row, idx.headers, idx.columns,
-                             lists=(idx.numbers, idx.strategies, idx.run_ids), keys=(idx.skeys, idx.rkeys))
+        pk = _Packed.load(_cache_path(ws, path).read_bytes())
+        h = pk.hdr
+        if h.stamp == stamp:
+            view = SheetView(path, h.worksheet, h.header_row, h.headers, h.columns, packed=pk)
             view.stamp = stamp
-            view.writable = idx.writable
+            view.writable = h.writable
+            view.layout = h.layout
+            _remember(ws, view)
             return view
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+    except (OSError, ValueError, TypeError, msgspec.DecodeError, msgspec.ValidationError):
         pass
     view = _read(ws, path, False)
     if _stamp(path) == stamp:                      # not saved while we read it
@@ -218,15 +466,9 @@ def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None, 
 
 
 def _save_index(ws: Workspace, view: SheetView) -> None:
-    sk, rk = view.keylists()
-    idx = _Index(view.stamp, view.worksheet, view.header_row, view.headers, view.columns,
-                 view.numbers, view.strategies, view.run_ids, sk, rk, view.writable)
-    try:
-        if not ws.cache_dir.is_dir():
-            fsops.mkdir(ws.cache_dir, parents=True, exist_ok=True)
-        fsops.atomic_write(_cache_path(ws, view.path), _encode_index(idx))
-    except OSError:
-        pass                                       # a cache that cannot be written costs only time
+    secs, ascii_ = _sections(view)
+    _write_index(ws, view, secs, len(view), ascii_)
+    _remember(ws, view)
 
 
 def _read(ws: Workspace, path: Path, all_columns: bool) -> SheetView:
@@ -336,7 +578,7 @@ def check_writable(ws: Workspace, count: int = 1, *, rows: list[dict[str, Any]] 
     if view is None or not view.stamp or view.stamp != _stamp(path):
         view = read(ws)
     if view.writable and view.stamp == _stamp(path):
-        last = max(view.numbers, default=view.header_row)      # sop wrote this version: only the room is new
+        last = view.last_number()                              # sop wrote this version: only the room is new
         if last + count > _x().MAX_ROW:
             raise Refused(f"the Master Sheet is full: {count} new row(s) after row {last:,} would pass Excel's "
                           f"last row {_x().MAX_ROW:,}", detail="Start a new Master Sheet ([sheet] path).")
@@ -370,18 +612,22 @@ def append(ws: Workspace, rows: list[dict[str, Any]], view: SheetView | None = N
     sc, rc = view.columns[STRATEGY], view.columns[RUNID]
     old = view
 
-    def cache_new_index(numbers: list[int], st: os.stat_result) -> None:
+    def cache_new_index(numbers: list[int], st: os.stat_result, layout: xlsx.Layout | None) -> None:
         if not old.stamp or _stamp(path) != old.stamp:
             return                  # the sheet was saved by someone else meanwhile: let the next read parse it
-        new = SheetView(path, old.worksheet, old.header_row, old.headers, old.columns,
-                        lists=(old.numbers + numbers,
-                               old.strategies + [names.cell_text(c.get(sc)) for c in cells],
-                               old.run_ids + [names.cell_text(c.get(rc)) for c in cells]))
+        strategies = [names.cell_text(c.get(sc)) for c in cells]
+        run_ids = [names.cell_text(c.get(rc)) for c in cells]
+        new = SheetView(path, old.worksheet, old.header_row, old.headers, old.columns, lists=([], [], []))
         new.stamp = _stamp(path, st)
         new.writable = True         # sop's own output, which its writer accepts
-        _save_index(ws, new)
+        new.layout = layout.to_list() if layout is not None else None
+        secs, ascii_ = _extended(old, numbers, strategies, run_ids)
+        _write_index(ws, new, secs, len(old) + len(numbers), ascii_)
 
-    numbers: list[int] = _x().append_rows(path, ws.config.worksheet or None, cells, cache_new_index)
+    x = _x()
+    layout = x.Layout.from_list(view.layout) if view.layout else None
+    numbers: list[int] = x.append_rows(path, ws.config.worksheet or None, cells, cache_new_index,
+                                       layout=layout, checked=view.stamp if view.writable else None)
     return numbers
 
 

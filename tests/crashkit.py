@@ -36,13 +36,16 @@ def run(root: Path, cmd: str, *args: str, crash_at: int | None = None, fail_at: 
     return sop(cmd, "-C", str(root), *args, code=None, env=scrubbed_env(**extra), timeout=120, proc=injected)
 
 
-def count_mutations(root: Path, cmd: str, *args: str) -> int:
-    """How many mutations an uncrashed run of the command makes (on a copy of ``root``)."""
+def count_mutations(root: Path, cmd: str, *args: str, copy: bool = True) -> int:
+    """How many mutations an uncrashed run of the command makes (on a copy of ``root``, unless not ``copy``)."""
     with tempfile.TemporaryDirectory() as d:
-        copy = Path(d) / "ws"
-        shutil.copytree(root, copy, symlinks=True)
+        if copy:
+            target = Path(d) / "ws"
+            shutil.copytree(root, target, symlinks=True)
+        else:
+            target = root
         trace = Path(d) / "trace"
-        p = run(copy, cmd, *args, trace=trace)
+        p = run(target, cmd, *args, trace=trace)
         assert p.returncode in (0, 1, 3), p.stderr
         return len(trace.read_text().splitlines()) if trace.exists() else 0
 

@@ -218,3 +218,34 @@ def test_one_json_rendering_for_results_and_errors(root: Path) -> None:
     fsck = render.to_json(journal.fsck(root=root))
     assert fsck["ok"] is True and fsck["damage"] is None
     json.dumps(render.to_json(journal.status(root=root)))             # JSON-able throughout
+
+
+def test_commit_that_times_out_on_the_lock_after_its_row_was_written_succeeds(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many commits at once: the one holding the sheet writes every decided row; one that timed out
+    waiting for it finds its row there and reports success (it used to exit 6)."""
+    tx = journal.begin("Alpha", root=root)
+    _write(tx, sharpe=1.5)
+    real = txn.flush
+
+    def written_by_another_then_busy(session: txn.Session, **kw: object) -> txn.FlushResult:
+        real(session, **kw)                                    # as another process would have
+        raise errors.Busy("the Master Sheet writer is busy: another sop process held it for 20 s")
+    monkeypatch.setattr(txn, "flush", written_by_another_then_busy)
+    res = journal.commit(tx.txid, root=root)
+    assert (res.state, res.row) == ("committed", 2)
+    assert _rows(root)[1][:2] == ["Alpha", tx.run_id]
+
+
+def test_commit_that_times_out_on_the_lock_without_its_row_is_busy(root: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    tx = journal.begin("Alpha", root=root)
+    _write(tx, sharpe=1.5)
+
+    def busy(session: txn.Session, **kw: object) -> txn.FlushResult:
+        raise errors.Busy("the Master Sheet writer is busy: another sop process held it for 20 s")
+    monkeypatch.setattr(txn, "flush", busy)
+    with pytest.raises(errors.Busy):
+        journal.commit(tx.txid, root=root)
+    monkeypatch.undo()
+    assert journal.commit(tx.txid, root=root).row == 2           # decided: a later commit writes it

@@ -60,13 +60,26 @@ def begun(root: Path, strategy: str, owner: int, meta: bool = True) -> dict[str,
 
 def crash_loop(tmp: Path, setup: Path, cmd: list[str], *, before_recover: Callable[[Path], None] | None = None,
                expect: Callable[[Path], None] | None = None, lost: set[str] = frozenset(),  # type: ignore[assignment]
-               sweep_may_find: frozenset[str] = frozenset({"quarantined"})) -> int:
-    """Crash ``cmd`` at every mutation of ``setup``'s copy; return the number of crash points."""
-    n = count_mutations(setup, *cmd)
+               sweep_may_find: frozenset[str] = frozenset({"quarantined"}),
+               prepare: Callable[[Path], None] | None = None) -> int:
+    """Crash ``cmd`` at every mutation of ``setup``'s copy; return the number of crash points.
+
+    ``prepare`` runs on each copy first (a copy has a new inode, so what is keyed on the
+    sheet's stat, like its layout record, must be made in the copy itself)."""
+    if prepare is None:
+        n = count_mutations(setup, *cmd)
+    else:
+        counted = tmp / "counted"
+        shutil.copytree(setup, counted, symlinks=True)
+        prepare(counted)
+        n = count_mutations(counted, *cmd, copy=False)
+        shutil.rmtree(counted)
     assert n > 0
     for k in range(1, n + 1):
         root = tmp / f"k{k}"
         shutil.copytree(setup, root, symlinks=True)
+        if prepare is not None:
+            prepare(root)
         snap, rows = snapshot(root), sheet_rows(root)
         p = run(root, *cmd, crash_at=k)
         assert p.returncode == 137, f"crash point {k}/{n} not reached: {p.returncode} {p.stderr}"
@@ -142,6 +155,53 @@ def test_crash_at_every_point_of_commit(tmp_path: Path, sleeper: Callable[[], su
         assert ("Base", rows[0][1]) == rows[0]
     n = crash_loop(tmp_path, setup, ["commit", tx["txid"]], expect=outcome)
     assert n >= 5
+
+
+def test_crash_at_every_point_of_a_spliced_commit(tmp_path: Path,
+                                                  sleeper: Callable[[], subprocess.Popen[bytes]]) -> None:
+    """The commit that copies the compressed rows (the sheet laid out by sop's previous write)."""
+    setup = base_workspace(tmp_path)
+    owner = sleeper()
+    warm = begun(setup, "Warm", owner.pid)
+    tx = begun(setup, "Alpha", owner.pid)
+    kill(owner)
+
+    def lay_out(root: Path) -> None:
+        from journal import sheet, workspace
+
+        assert run(root, "commit", warm["txid"]).returncode == 0      # a full rewrite: laid out, recorded
+        view = sheet.read(workspace.open_workspace(root))
+        assert view.layout is not None and view.writable
+
+    def outcome(root: Path) -> None:
+        rows = sheet_rows(root)
+        assert rows[:2] == [("Base", rows[0][1]), ("Warm", warm["run_id"])]
+        committed = ("Alpha", tx["run_id"]) in rows
+        assert committed or any(p.name.startswith("Alpha_FAILED_") for p in (root / "backtests").iterdir())
+    probe = tmp_path / "probe"                          # the uncrashed commit does copy the compressed rows
+    shutil.copytree(setup, probe, symlinks=True)
+    lay_out(probe)
+    old = _rows_piece(probe)
+    assert run(probe, "commit", tx["txid"]).returncode == 0
+    new = _rows_piece(probe)
+    assert len(new) > len(old) and new.startswith(old) and old.endswith(b"\x00\x00\xff\xff")
+    shutil.rmtree(probe)
+    n = crash_loop(tmp_path, setup, ["commit", tx["txid"]], expect=outcome, prepare=lay_out)
+    assert n >= 5
+
+
+def _rows_piece(root: Path) -> bytes:
+    """The compressed rows piece of the sheet sop laid out, as its layout record says."""
+    from journal import sheet, workspace
+    from journal.xlsx import Layout
+
+    view = sheet.read(workspace.open_workspace(root))
+    lay = Layout.from_list(view.layout or [])
+    assert lay is not None
+    raw = (root / "backtests" / "Strategy_Master_Filter.xlsx").read_bytes()
+    start = lay.offset + 30 + int.from_bytes(raw[lay.offset + 26:lay.offset + 28], "little") + int.from_bytes(
+        raw[lay.offset + 28:lay.offset + 30], "little")
+    return raw[start + lay.head_c:start + lay.head_c + lay.rows_c]
 
 
 def test_crash_at_every_point_of_commit_rolling_back_on_a_locked_sheet(

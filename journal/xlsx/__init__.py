@@ -35,7 +35,20 @@ Writing (:func:`append_rows`, :func:`remove_rows`)
       is dropped, with its ``<Override>`` in ``[Content_Types].xml`` and its
       ``<Relationship>`` in the workbook's rels (Excel rebuilds it).
 
-    Untouched rows are copied byte for byte.  Every other zip member is
+    Untouched rows are copied byte for byte.  An append deflates the master
+    worksheet part in three pieces — head (through ``<sheetData>``), the
+    rows through the last one holding content, and the rest — each ended by
+    a full flush, and reports where they lie (:class:`Layout`).  Given that
+    record back for the very same file, the next append checks it against
+    the file (its stat, the zip directory, the sync points, the CRC combined
+    from the pieces) and *splices*: it copies the compressed rows as they
+    are and deflates only a new head, the new rows and the tail, with no
+    first pass and no XML check (sop wrote those bytes and the file has not
+    changed since); any other file is rewritten whole and laid out anew.  A
+    reader sees one ordinary deflate stream (see :mod:`.splice`).  Given
+    the stat of a version whose checks passed (``checked``), a whole
+    rewrite skips the XML check too.  Removal always rewrites whole, without
+    the layout.  Every other zip member is
     copied with its compressed bytes (so its uncompressed bytes are
     identical), in the original order, with its name, time stamp and
     attributes; the zip container itself is written anew (no ZIP64: a part
@@ -125,7 +138,8 @@ Modules
     standard library only), and ``edit`` the parent side of it, with opening
     a workbook for a rewrite and replacing it; ``read``, ``append``,
     ``remove`` and ``create`` the four operations (``append`` also holds
-    :func:`check_append`).  The public names are the
+    :func:`check_append`); ``splice`` the three-piece layout of an appended
+    sheet and its record.  The public names are the
     ones re-exported here.  :mod:`journal.sheet` imports this package on
     first use (a cached sheet index needs none of it), and the package
     imports lxml only once a workbook is opened, never at import.
@@ -164,6 +178,7 @@ from .package import Replacement
 from .ranges import Range, RowMap, col_index, col_letters
 from .read import Row, Table, normalize_header, read_table
 from .remove import remove_rows
+from .splice import Layout
 from .text import Value, encode_rows
 
 __all__ = [
@@ -172,6 +187,7 @@ __all__ = [
     "MAX_CELL_CHARS",
     "MAX_COL",
     "MAX_ROW",
+    "Layout",
     "NS_DOC_RELS",
     "NS_MAIN",
     "NS_PKG_RELS",

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from journal.errors import Refused
 
 from .constants import MAX_COL, MAX_ROW
-from .edit import editing, write_workbook
-from .package import Package, Replacement, SheetInfo, damaged, sheet_tables, table_element
+from .edit import Trusted, Validator, editing, opened, remember_scan, write_workbook
+from .package import (
+    FLUSH,
+    Copied,
+    Flush,
+    Package,
+    Replacement,
+    SheetInfo,
+    Written,
+    damaged,
+    sheet_tables,
+    table_element,
+)
 from .ranges import Range, col_index, col_letters
 from .scan import Scan, Sx, open_sheetdata, reread, row_spans
+from .splice import Layout, Pieces, copy_rows, layout_of, stamp_of, verify
 from .text import Value, cell_xml, encode_rows, get_attr, set_attr, tag_re
 
 
@@ -166,19 +178,40 @@ def _plan(pkg: Package, info: SheetInfo, scan: Scan, encoded: list[list[tuple[in
     return _Plan(numbers, head, rest, tail, replace)
 
 
+def _last_new_end(rest: bytes, last: int, sx: Sx) -> int:
+    """Where, in the merged sheetData body after the old last content row, the last new row ends."""
+    for r, _s0, _s1, e in row_spans(rest, sx):
+        if r == last:
+            return e
+    raise AssertionError(f"row {last} was just written")
+
+
 def append_rows(path: str | os.PathLike[str], worksheet: str | None,
                 rows: list[dict[int, Value]],
-                before_replace: Callable[[list[int], os.stat_result], None] | None = None) -> list[int]:
+                before_replace: Callable[[list[int], os.stat_result, Layout | None], None] | None = None,
+                *, layout: Layout | None = None, checked: Sequence[int] | None = None) -> list[int]:
     """Append rows after the last row holding content; returns their Excel row numbers.
+
+    The master sheet is written in three deflate pieces (see :mod:`.splice`), so that the next
+    append can copy the rows compressed: with the ``layout`` this function reported for the
+    very file it is given, only the head, the new rows and the tail are deflated, and nothing
+    is inflated but the head and the tail.  Without one (or with one that does not describe the
+    file) the part is read and rewritten whole, and laid out for the next append.
 
     Args:
         path: the workbook.
         worksheet: the master worksheet's name; None or "" means the first worksheet.
         rows: each a {1-based column index: value}; None values are skipped.
-        before_replace: a plain hook, called with the new rows' numbers and the new file's
-            stat once the new file is complete and checked, just before it replaces the old
-            one (see :func:`journal.fsops.atomic_write`): a cache keyed on that stat is in
-            place the moment the file is.  If it raises, the old file stays.
+        before_replace: a plain hook, called with the new rows' numbers, the new file's stat
+            and its :class:`Layout` (None if the sheet could not be laid out) once the new file
+            is complete and checked, just before it replaces the old one (see
+            :func:`journal.fsops.atomic_write`): a cache keyed on that stat is in place the
+            moment the file is.  If it raises, the old file stays.
+        layout: what the hook reported for the file now at ``path``, if anything; verified
+            against the file before it is trusted.
+        checked: the stat stamp (size, mtime_ns, inode, device) of a version of the file whose
+            checks passed (:func:`check_append` or this function wrote it): when the file opened
+            is that version, the whole-part XML check is skipped.
 
     Raises:
         Refused: a value cannot be stored (type, illegal character, over 32,767 characters),
@@ -189,28 +222,69 @@ def append_rows(path: str | os.PathLike[str], worksheet: str | None,
     encoded = encode_rows(rows)
     if not rows:
         return []
-    with editing(path, worksheet, keep_rest=True) as (pkg, info, validator, scan):
-        plan = _plan(pkg, info, scan, encoded)
+    with opened(path, worksheet) as (pkg, info):
+        pieces = verify(pkg, info.part, layout) if layout is not None else None
+        if pieces is not None:
+            return _splice(path, pkg, info, pieces, encoded, before_replace)
+        with editing(path, worksheet, keep_rest=True, checked=checked, opened_pkg=(pkg, info)) as (
+                pkg, info, validator, scan):
+            plan = _plan(pkg, info, scan, encoded)
+            split = _last_new_end(plan.rest, plan.numbers[-1], scan.sx)
 
-        def body() -> Iterator[bytes]:
-            yield plan.head
-            offset = 0
-            for chunk in reread(pkg, info.part, scan):
-                n = len(chunk)
-                if offset + n <= scan.last_content_end:
-                    yield chunk
-                elif offset < scan.last_content_end:
-                    yield chunk[:scan.last_content_end - offset]
-                offset += n
-            yield plan.rest
-            yield plan.tail
+            def body() -> Iterator[bytes | Flush | Copied]:
+                yield plan.head
+                yield FLUSH
+                offset = 0
+                for chunk in reread(pkg, info.part, scan):
+                    n = len(chunk)
+                    if offset + n <= scan.last_content_end:
+                        yield chunk
+                    elif offset < scan.last_content_end:
+                        yield chunk[:scan.last_content_end - offset]
+                    offset += n
+                yield plan.rest[:split]
+                yield FLUSH
+                yield plan.rest[split:]
+                yield plan.tail
 
-        replace = dict(plan.replace)
-        replace[info.part] = body
-        numbers = plan.numbers
-        hook = None if before_replace is None else (lambda st: before_replace(numbers, st))
-        write_workbook(path, pkg, validator, replace, set(), hook)
-        return numbers
+            return _write(path, pkg, info, validator, plan, body, before_replace)
+
+
+def _splice(path: str | os.PathLike[str], pkg: Package, info: SheetInfo, pieces: Pieces,
+            encoded: list[list[tuple[int, bytes, str]]],
+            before_replace: Callable[[list[int], os.stat_result, Layout | None], None] | None) -> list[int]:
+    """The append on a laid-out sheet: copy the rows piece, deflate a new head, the new rows and the tail."""
+    scan = pieces.scan
+    plan = _plan(pkg, info, scan, encoded)
+    split = _last_new_end(plan.rest, plan.numbers[-1], scan.sx)
+    rows = copy_rows(pkg, pieces)
+
+    def body() -> Iterator[bytes | Flush | Copied]:
+        yield plan.head
+        yield FLUSH
+        yield rows
+        yield plan.rest[:split]
+        yield FLUSH
+        yield plan.rest[split:]
+        yield plan.tail
+
+    return _write(path, pkg, info, Trusted(pkg, info.part), plan, body, before_replace)
+
+
+def _write(path: str | os.PathLike[str], pkg: Package, info: SheetInfo, validator: Validator, plan: _Plan,
+           body: Callable[[], Iterator[bytes | Flush | Copied]],
+           before_replace: Callable[[list[int], os.stat_result, Layout | None], None] | None) -> list[int]:
+    replace = dict(plan.replace)
+    replace[info.part] = body
+    numbers = plan.numbers
+
+    def hook(st: os.stat_result, written: dict[str, Written]) -> None:
+        if before_replace is not None:
+            w = written.get(info.part)
+            lay = None if w is None else layout_of(stamp_of(st), info.part, w, numbers[-1])
+            before_replace(numbers, st, lay)
+    write_workbook(path, pkg, validator, replace, set(), hook)
+    return numbers
 
 
 def check_append(path: str | os.PathLike[str], worksheet: str | None, count: int = 1,
@@ -236,6 +310,7 @@ def check_append(path: str | os.PathLike[str], worksheet: str | None, count: int
     with editing(path, worksheet, keep_rest=True) as (pkg, info, validator, scan):
         _plan(pkg, info, scan, encoded)
         validator.join()
+        remember_scan(pkg, info.part, scan)
 
 
 def _clear_of_merges(tail: bytes, sx: Sx, first: int, count: int) -> int:

@@ -6,13 +6,13 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 from journal import fsops
 
 from . import validate
-from .package import Package, Replacement, SheetInfo, damaged, write_package
+from .package import Package, Replacement, SheetInfo, Written, damaged, write_package
 from .scan import Scan, Segments, check_odd, iter_sheet, scan_sheet
 
 VALIDATOR_MIN_BYTES = 8 << 20       # below this a worksheet part is checked in process (a child costs ~50 ms)
@@ -70,18 +70,80 @@ class Validator:
             self.proc = None
 
 
+class Trusted(Validator):
+    """No XML check: the part is one this package wrote (or checked) and the file is unchanged since."""
+
+    def __init__(self, pkg: Package, part: str) -> None:
+        self.pkg, self.part = pkg, part
+        self.proc = None
+
+    @property
+    def inline(self) -> bool:
+        return False
+
+
+def checked_before(pkg: Package, checked: Sequence[int] | None) -> bool:
+    """Whether the opened file is the version whose stat (size, mtime_ns, inode, device) is ``checked``."""
+    if not checked:
+        return False
+    st = os.fstat(pkg.f.fileno())
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev] == list(checked)
+
+
+# The first scan of the last check_append that passed (its XML check too), by the stat of the very
+# file it read: an append to that file right after (the commit gate, then the write) starts from it.
+_checked_scan: list[tuple[list[int], str, str, Scan]] = []
+
+
+def _stamp_of(pkg: Package) -> list[int]:
+    st = os.fstat(pkg.f.fileno())
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
+
+
+def remember_scan(pkg: Package, part: str, scan: Scan) -> None:
+    """Keep the first scan of a file whose checks just passed, for an append to the same file."""
+    _checked_scan[:] = [(_stamp_of(pkg), os.fspath(pkg.path), part, scan)]
+
+
+def _recall_scan(pkg: Package, part: str) -> Scan | None:
+    for stamp, path, p, scan in _checked_scan:
+        if p == part and path == os.fspath(pkg.path) and stamp == _stamp_of(pkg):
+            return scan
+    return None
+
+
 @contextlib.contextmanager
-def editing(path: str | os.PathLike[str], worksheet: str | None, keep_rest: bool = False
+def opened(path: str | os.PathLike[str], worksheet: str | None) -> Iterator[tuple[Package, SheetInfo]]:
+    """The package and its master sheet, closed however the rewrite ends."""
+    pkg = Package(path)
+    try:
+        yield pkg, pkg.sheet(worksheet)
+    finally:
+        pkg.close()
+
+
+@contextlib.contextmanager
+def editing(path: str | os.PathLike[str], worksheet: str | None, keep_rest: bool = False,
+            checked: Sequence[int] | None = None, opened_pkg: tuple[Package, SheetInfo] | None = None,
             ) -> Iterator[tuple[Package, SheetInfo, Validator, Scan]]:
     """Open a workbook for a rewrite of its master sheet: the package, the sheet, the XML check
     started beside the rewrite, and the first scan (``keep_rest``: see :func:`.scan.scan_sheet`).
     The check is cancelled and the package closed however the rewrite ends (a finished rewrite
-    has joined the check already)."""
-    pkg = Package(path)
+    has joined the check already).  When the opened file is the version whose stat is
+    ``checked`` (this package's checks passed on it), the XML check is skipped.  ``opened_pkg``
+    is a package already opened (:func:`opened`).  Right after :func:`.append.check_append` passed
+    on the same file (the same stat), its first scan is used again: no first pass, no XML check."""
+    pkg, info = opened_pkg if opened_pkg is not None else (Package(path), None)
     validator: Validator | None = None
     try:
-        info = pkg.sheet(worksheet)
-        validator = Validator(pkg, info.part)
+        if info is None:
+            info = pkg.sheet(worksheet)
+        known = _recall_scan(pkg, info.part) if keep_rest else None
+        if known is not None:                # checked a moment ago, the same file: no first pass, no XML check
+            validator = Trusted(pkg, info.part)
+            yield pkg, info, validator, known
+            return
+        validator = Trusted(pkg, info.part) if checked_before(pkg, checked) else Validator(pkg, info.part)
         yield pkg, info, validator, scan_sheet(pkg, info.part, validator.inline, keep_rest)
     finally:
         if validator is not None:
@@ -90,20 +152,24 @@ def editing(path: str | os.PathLike[str], worksheet: str | None, keep_rest: bool
 
 
 def write_workbook(path: str | os.PathLike[str], pkg: Package, validator: Validator, replace: dict[str, Replacement],
-                   drop: set[str], before_replace: Callable[[os.stat_result], None] | None = None) -> None:
+                   drop: set[str],
+                   before_replace: Callable[[os.stat_result, dict[str, Written]], None] | None = None) -> None:
     """Write the rewritten workbook and put it in the old one's place (:func:`fsops.atomic_write`).
 
     Members in ``replace`` are written anew, those in ``drop`` left out, the others copied.  The
     XML check is joined once the new file is written, so a part that fails it never replaces the
     old file; the package is closed either way.  ``before_replace`` is a plain hook passed on to
     :func:`fsops.atomic_write`: it gets the new file's stat after the check passed and before the
-    replace (if it raises, the old file stays).
+    replace (if it raises, the old file stays), and where the replaced members went.
     """
+    written: dict[str, Written] = {}
+
     def write(f: BinaryIO) -> None:
         try:
-            write_package(pkg, f, replace, drop)
+            written.update(write_package(pkg, f, replace, drop))
             validator.join()
         finally:
             pkg.close()
 
-    fsops.atomic_write(path, write, before_replace)
+    hook = None if before_replace is None else (lambda st: before_replace(st, written))
+    fsops.atomic_write(path, write, hook)

@@ -387,13 +387,141 @@ def _dos_time(dt: tuple[int, int, int, int, int, int]) -> tuple[int, int]:
     return (h << 11) | (mi << 5) | (s // 2), ((y - 1980) << 9) | (mo << 5) | d
 
 
-Replacement = bytes | Callable[[], Iterable[bytes]]
+# CRC-32 of a concatenation (zlib's crc32_combine, in GF(2)): a member spliced from pieces
+
+_POLY = 0xEDB88320
+
+
+def _multmodp(a: int, b: int) -> int:
+    """a * b modulo the CRC-32 polynomial (bit-reflected)."""
+    m = 1 << 31
+    p = 0
+    while True:
+        if a & m:
+            p ^= b
+            if not a & (m - 1):
+                return p
+        m >>= 1
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
+
+
+_X2N = [1 << 30]                    # x^(2^k) modulo the polynomial, k = 0..31
+for _ in range(31):
+    _X2N.append(_multmodp(_X2N[-1], _X2N[-1]))
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """The CRC-32 of ``A + B`` from ``crc32(A)``, ``crc32(B)`` and ``len(B)`` (zlib's ``crc32_combine``)."""
+    p = 1 << 31                     # x^0
+    k = 3                           # x^(8 * len2): one factor per set bit of len2
+    n = len2
+    while n:
+        if n & 1:
+            p = _multmodp(_X2N[k & 31], p)
+        n >>= 1
+        k += 1
+    return _multmodp(p, crc1 & 0xFFFFFFFF) ^ (crc2 & 0xFFFFFFFF)
+
+
+class Flush:
+    """In a replacement's pieces: end the deflate piece here with a full flush (see :mod:`.splice`)."""
+
+
+FLUSH = Flush()
+
+
+@dataclass(frozen=True)
+class Copied:
+    """In a replacement's pieces, right after a :data:`FLUSH`: deflated bytes copied as they are.
+
+    They must be a deflate piece that starts and ends at a full flush (no back reference
+    before its start, not the final block), whose inflated bytes are ``usize`` long with
+    CRC-32 ``crc``.
+    """
+
+    usize: int
+    crc: int
+    chunks: Callable[[], Iterable[bytes]]
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A full flush in a member being written: the offsets after it, and the CRC-32 of the piece it ends."""
+
+    c_end: int
+    u_end: int
+    crc: int
+
+
+@dataclass(frozen=True)
+class Written:
+    """Where a replaced member went: its local header offset, sizes, CRC-32 and full flushes."""
+
+    offset: int
+    csize: int
+    usize: int
+    crc: int
+    marks: list[Mark]
+
+
+Replacement = bytes | Callable[[], Iterable[bytes | Flush | Copied]]
+
+
+def _deflate(rep: Replacement, out: BinaryIO, level: int) -> tuple[int, int, int, list[Mark]]:
+    """Deflate a replacement's pieces to ``out``; returns (crc, csize, usize, full flushes)."""
+    comp = None
+    crc = usize = csize = 0
+    piece_crc = 0
+    marks: list[Mark] = []
+    for piece in ([rep] if isinstance(rep, bytes) else rep()):
+        if isinstance(piece, Flush):
+            if comp is None:
+                comp = zlib.compressobj(level, zlib.DEFLATED, -15)
+            z = comp.flush(zlib.Z_FULL_FLUSH)
+            csize += len(z)
+            out.write(z)
+            comp = None
+            marks.append(Mark(csize, usize, piece_crc))
+            piece_crc = 0
+            continue
+        if isinstance(piece, Copied):
+            if comp is not None:
+                raise ValueError("copied deflate bytes must follow a full flush")
+            for z in piece.chunks():
+                csize += len(z)
+                out.write(z)
+            crc = crc32_combine(crc, piece.crc, piece.usize)
+            piece_crc = crc32_combine(piece_crc, piece.crc, piece.usize)
+            usize += piece.usize
+            continue
+        if not piece:
+            continue
+        if comp is None:
+            comp = zlib.compressobj(level, zlib.DEFLATED, -15)
+        crc = zlib.crc32(piece, crc)
+        piece_crc = zlib.crc32(piece, piece_crc)
+        usize += len(piece)
+        z = comp.compress(piece)
+        csize += len(z)
+        out.write(z)
+    if comp is None:
+        comp = zlib.compressobj(level, zlib.DEFLATED, -15)
+    z = comp.flush()
+    csize += len(z)
+    out.write(z)
+    return crc, csize, usize, marks
 
 
 def write_package(pkg: Package, out: BinaryIO, replace: dict[str, Replacement], drop: set[str],
-                  level: int = SHEET_COMPRESSLEVEL) -> None:
-    """Write the package to ``out``: replaced members deflated anew, the others copied raw."""
+                  level: int = SHEET_COMPRESSLEVEL) -> dict[str, Written]:
+    """Write the package to ``out``: replaced members deflated anew, the others copied raw.
+
+    A replacement given as a function yields its bytes in pieces, with :data:`FLUSH` where a
+    full flush goes and :class:`Copied` deflate bytes after one; returns where each replaced
+    member went.
+    """
     central: list[bytes] = []
+    written: dict[str, Written] = {}
     for info in pkg.infos:
         name = info.filename
         if name in drop:
@@ -410,25 +538,14 @@ def write_package(pkg: Package, out: BinaryIO, replace: dict[str, Replacement], 
             method = zipfile.ZIP_DEFLATED
             flags &= 0x800
             out.write(_LOCAL.pack(b"PK\x03\x04", 20, flags, method, t, d, 0, 0, 0, len(fname), 0) + fname)
-            comp = zlib.compressobj(level if callable(rep) else SMALL_COMPRESSLEVEL, zlib.DEFLATED, -15)
-            crc = usize = csize = 0
-            for piece in ([rep] if isinstance(rep, bytes) else rep()):
-                if not piece:
-                    continue
-                crc = zlib.crc32(piece, crc)
-                usize += len(piece)
-                z = comp.compress(piece)
-                csize += len(z)
-                out.write(z)
-            z = comp.flush()
-            csize += len(z)
-            out.write(z)
+            crc, csize, usize, marks = _deflate(rep, out, level if callable(rep) else SMALL_COMPRESSLEVEL)
             if usize >= _LIMIT or csize >= _LIMIT:
                 raise damaged(pkg.path, f"part {name} would be over 4 GB, which sop does not write")
             end = out.tell()
             out.seek(offset + 14)
             out.write(struct.pack("<III", crc, csize, usize))
             out.seek(end)
+            written[name] = Written(offset, csize, usize, crc, marks)
         else:
             method, crc, csize, usize = info.compress_type, info.CRC, info.compress_size, info.file_size
             out.write(_LOCAL.pack(b"PK\x03\x04", max(info.extract_version, 20), flags, method, t, d, crc, csize,
@@ -460,3 +577,4 @@ def write_package(pkg: Package, out: BinaryIO, replace: dict[str, Replacement], 
         raise damaged(pkg.path, "the workbook would need ZIP64, which sop does not write")
     comment = pkg.zf.comment or b""
     out.write(_EOCD.pack(b"PK\x05\x06", 0, 0, len(central), len(central), size, start, len(comment)) + comment)
+    return written

@@ -167,6 +167,24 @@ def _col_of(letters: bytes) -> int:
     return c
 
 
+def _holds_value(chunk: bytes, start: int, end: int, sx: Sx, sst: SharedStrings, value_re: re.Pattern[bytes]) -> bool:
+    """Whether the row at ``chunk[start:end]`` holds a value in any column (a row with none is not data).
+
+    Decided by the cell of the first ``<v>``/``<t>`` with text, which nearly always holds a value
+    (a number, a non-empty string); otherwise every cell of the row is read.  Work stays within
+    the row, so reading is linear in the part whatever the rows hold.
+    """
+    m = value_re.search(chunk, start, end)
+    if m is None:
+        return False
+    c = chunk.rfind(sx.cell_r, start, m.start())
+    if c >= 0:
+        cm = sx.cell_re.match(chunk, c, end)
+        if cm is not None and cm.end() > m.start() and sx.cell_value(cm.group(1) or b"", cm.group(2), sst) is not None:
+            return True
+    return _parse_cells(chunk[start:end], sx, sst, set())[1]
+
+
 def _read_chunk(chunk: bytes, sx: Sx, sst: SharedStrings, wanted: set[int] | None,
                 fast: re.Pattern[bytes] | None, rows: list[Row], last_r: int) -> int:
     """Append the rows of one chunk that hold a value; returns the last row number seen.
@@ -227,17 +245,18 @@ def _read_chunk(chunk: bytes, sx: Sx, sst: SharedStrings, wanted: set[int] | Non
         if by_row and len(by_row) == chunk.count(sx.row_tag):      # every row holds a wanted value
             rows.extend([Row(int(nb), d) for nb, d in by_row.items()])
             return int(next(reversed(by_row)))
+        # Some rows hold no wanted value: walk the rows in order, each body cut between its
+        # start and the next row's (one pass over the chunk, never a search from its start).
         value_re = sx.value_re
-        for nb in sx.row_num_re.findall(chunk):
+        starts = [(m.start(), m.group(1)) for m in sx.row_num_re.finditer(chunk)]
+        starts.append((len(chunk), b""))
+        for i in range(len(starts) - 1):
+            start, nb = starts[i]
             d = by_row.get(nb)  # type: ignore[assignment]
             if d is not None:
                 rows.append(Row(int(nb), d))
-            else:
-                start = chunk.find(sx.row_r + nb + b'"')
-                end = chunk.find(sx.row_tag, start + 1)
-                body = chunk[start:end if end >= 0 else len(chunk)]
-                if value_re.search(body) and _parse_cells(body, sx, sst, set())[1]:
-                    rows.append(Row(int(nb), {}))
+            elif _holds_value(chunk, start, starts[i + 1][0], sx, sst, value_re):
+                rows.append(Row(int(nb), {}))
             last_r = _check_row(int(nb))
         return last_r
     for r, _s0, s1, e in row_spans(chunk, sx):

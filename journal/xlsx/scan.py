@@ -42,6 +42,7 @@ class Sx:
         self.no_r_re = re.compile(rb"<" + p + rb"""(?:c|row)(?! r=")[\s>/]""")   # r missing or not first
         self.row_num_re = re.compile(rb"<" + p + rb'row r="(\d+)"')
         self.row_r = b"<" + p0 + b'row r="'
+        self.cell_r = b"<" + p0 + b'c r="'
         self.v_open = b"<" + p0 + b"v>"
         self.v_close = b"</" + p0 + b"v>"
 

@@ -1,0 +1,99 @@
+"""The sheet index cache (``.sop/cache/sheet-index-*.msgpack``): packed, searched in place, grown in place."""
+
+from __future__ import annotations
+
+import array
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from journal import sheet, workspace
+
+
+@pytest.fixture
+def w(ws: Any) -> workspace.Workspace:
+    return workspace.open_workspace(ws.root)
+
+
+def _sections_of(path: Path) -> list[bytes]:
+    pk = sheet._Packed.load(path.read_bytes())
+    return [bytes(p) for p in pk.parts]
+
+
+def _cache_file(w: workspace.Workspace) -> Path:
+    return sheet._cache_path(w, w.sheet)
+
+
+def test_the_packed_sections_in_fixed_bytes(w: workspace.Workspace) -> None:
+    sheet.append(w, [{"Strategy": "Alpha", "RunID": "r-1"}, {"Strategy": "Beta", "RunID": "R-2"}])
+    secs = _sections_of(_cache_file(w))
+    n = array.array("I", [2, 3]).tobytes()
+    offs_s = array.array("I", [0, 6, 11]).tobytes()
+    offs_r = array.array("I", [0, 4, 8]).tobytes()
+    assert secs == [n, b"\0Alpha\0Beta\0", offs_s, b"\0r-1\0R-2\0", offs_r]
+    raw = _cache_file(w).read_bytes()
+    assert raw.startswith(b"sop-sheet-index 2 " + sys.byteorder[0].encode() + b"\n")
+
+
+def test_lookups_search_the_packed_bytes_case_and_unicode_insensitively(w: workspace.Workspace) -> None:
+    sheet.append(w, [{"Strategy": "Alpha", "RunID": "run-1"}, {"Strategy": "Ünïcode", "RunID": "RUN-2"},
+                     {"Strategy": "alpha2", "RunID": "x"}])
+    sheet._loaded.clear()
+    view = sheet.read(w)
+    assert view.packed is not None and view._lists is None
+    assert [(r.number, r.strategy, r.run_id) for r in view.run_rows("Run-2")] == [(3, "Ünïcode", "RUN-2")]
+    assert [r.number for r in view.strategy_rows("ALPHA")] == [2]
+    assert [r.number for r in view.strategy_rows("ünïcode")] == [3]
+    assert view.strategy_rows("alph") == [] and view.run_rows("run") == []
+    assert view._lists is None                                   # nothing was unpacked for the look-ups
+    assert view.last_number() == 4 and len(view) == 3
+    assert view.numbers == [2, 3, 4] and view.strategies == ["Alpha", "Ünïcode", "alpha2"]
+    assert view.keylists() == (["alpha", "ünïcode", "alpha2"], ["run-1", "run-2", "x"])
+
+
+@pytest.mark.parametrize("second", ["Gamma", "Ωmega"])
+def test_an_appended_index_is_the_index_packed_afresh(w: workspace.Workspace, second: str) -> None:
+    """The index a commit writes (old sections as they are, the new rows' parts after them) equals the
+    index of the new sheet read and packed from scratch (a column's first non-ASCII text re-packs it)."""
+    sheet.append(w, [{"Strategy": "Alpha", "RunID": "run-1"}, {"Strategy": "", "RunID": "lonely"}])
+    sheet._loaded.clear()
+    sheet.append(w, [{"Strategy": "Beta", "RunID": "run-2"}, {"Strategy": second, "RunID": "run-3"}],
+                 sheet.read(w))
+    grown = _sections_of(_cache_file(w))
+    sheet._loaded.clear()
+    _cache_file(w).unlink()
+    view = sheet.read(w)                                         # parsed from the workbook, cached anew
+    assert [r.strategy for r in view.rows] == ["Alpha", "", "Beta", second]
+    assert _sections_of(_cache_file(w)) == grown
+
+
+def test_an_index_of_another_version_or_format_is_read_again(w: workspace.Workspace) -> None:
+    sheet.append(w, [{"Strategy": "Alpha", "RunID": "run-1"}])
+    f = _cache_file(w)
+    for bad in (b"", b"sop-sheet-index 1 l\n", f.read_bytes()[:-3], f.read_bytes() + b"x"):
+        sheet._loaded.clear()
+        f.write_bytes(bad)
+        view = sheet.read(w)
+        assert [r.strategy for r in view.rows] == ["Alpha"]
+        assert sheet._Packed.load(f.read_bytes()).hdr.count == 1      # rewritten
+
+
+def test_the_index_is_loaded_once_per_command_while_the_sheet_is_unchanged(w: workspace.Workspace,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    sheet.append(w, [{"Strategy": "Alpha", "RunID": "run-1"}])
+    sheet._loaded.clear()
+    loads: list[int] = []
+    real = sheet._Packed.load
+
+    def counting(data: bytes) -> sheet._Packed:
+        loads.append(1)
+        return real(data)
+    monkeypatch.setattr(sheet._Packed, "load", staticmethod(counting))
+    a = sheet.read(w)
+    assert sheet.read(w) is a and loads == [1]
+    sheet.append(w, [{"Strategy": "Beta", "RunID": "run-2"}], a)
+    assert [r.strategy for r in sheet.read(w).rows] == ["Alpha", "Beta"] and loads == [1, 1]
+    w2 = workspace.open_workspace(w.root)                         # the next command looks at the cache again
+    assert sheet.read(w2) is sheet.read(w2) and loads == [1, 1, 1]
