@@ -72,6 +72,7 @@ class File(msgspec.Struct, kw_only=True):
 _decode = msgspec.msgpack.Decoder(File).decode
 _encode = msgspec.msgpack.Encoder().encode
 
+TYPES = frozenset({"committed", "adopt", "remove_row", "released", "lost_accepted", "restored"})  # see op_of
 Op = tuple[str, str, Any]   # ("add", key, Entry) | ("remove", key, strategy key) | ("accept", key, (skey, moved))
 
 
@@ -151,9 +152,10 @@ class Lost(msgspec.Struct, kw_only=True):
 
 def find_lost(rows: dict[str, Entry], present: set[str]) -> Lost:
     """Which ledger rows are missing from a sheet whose run keys are ``present``."""
-    missing = sorted((e for k, e in rows.items() if k not in present and not e.accepted), key=lambda e: e.seq)
-    kept = [e.seq for k, e in rows.items() if k in present]
+    gone = rows.keys() - present                        # set arithmetic: 100,000s of rows in milliseconds
+    missing = sorted((e for e in map(rows.__getitem__, gone) if not e.accepted), key=lambda e: e.seq)
     if not missing:
-        return Lost(on_sheet=len(kept))
+        return Lost(on_sheet=len(rows) - len(gone))
+    kept = [rows[k].seq for k in rows.keys() & present]
     stale = not kept or min(e.seq for e in missing) > max(kept)
     return Lost(rows=missing, on_sheet=len(kept), stale_save=stale)

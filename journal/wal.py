@@ -338,6 +338,8 @@ class Loaded:
     def apply(self, rec: Record) -> None:
         """Replay one record: the transaction's state, and the ledger of committed rows."""
         apply(self.states, rec)
+        if rec.type not in ledger.TYPES:
+            return                                  # most records (begin, mkdir, decide, ...) leave it alone
         tx = self.states.get(rec.txid)
         op = ledger.op_of(rec, tx.kind, tx.strategy, tx.run_id) if tx is not None else None
         if op is not None:
