@@ -85,6 +85,8 @@ REPORT_ONLY = "report only"
 CASCADE = "trust the sheet:"
 METADATA_THREADS = 16                 # concurrent reads of run_metadata.json (see _read_identities)
 METADATA_BATCH = 2048                 # fewer files than this are read one by one
+METADATA_PROBE = 512                  # read first, one by one, to tell a warm page cache from a cold disk
+WARM_SECONDS_PER_FILE = 50e-6         # faster than this, the page cache serves them: no threads
 
 
 @dataclass
@@ -597,23 +599,34 @@ def _read_chunk(paths: list[str]) -> list[tuple[inputs.Identity | None, str]]:
 
 
 def _read_identities(paths: list[str], tick: Progress) -> list[tuple[inputs.Identity | None, str]]:
-    """:func:`read_identity` of many files; in threads when there are many, since a cold disk serves
-    concurrent reads several times faster (100k files: ~18 s one by one, ~5 s with 16 threads)."""
+    """:func:`read_identity` of many files: one by one while the page cache serves them, in threads when
+    the disk does, since a cold disk serves concurrent reads several times faster (100k files: ~18 s one by
+    one, ~5 s with 16 threads) while warm files only make the threads contend for the interpreter (30k warm
+    files: 0.3 s one by one, 1.0-1.3 s in 2-16 threads)."""
     n = len(paths)
     if n < METADATA_BATCH:
         return _read_chunk(paths)
-    size = -(-n // 64)
-    out: list[tuple[inputs.Identity | None, str]] = [(None, "")] * n
+    started = time.monotonic()
+    out = _read_chunk(paths[:METADATA_PROBE])
+    tick("reading metadata", len(out), n)
+    if (time.monotonic() - started) / METADATA_PROBE < WARM_SECONDS_PER_FILE:
+        for i in range(METADATA_PROBE, n, 4096):
+            out += _read_chunk(paths[i:i + 4096])
+            tick("reading metadata", len(out), n)
+        return out
+    rest = paths[METADATA_PROBE:]
+    size = -(-len(rest) // 64)
+    got_all: list[tuple[inputs.Identity | None, str]] = [(None, "")] * len(rest)
     with ThreadPoolExecutor(METADATA_THREADS) as ex:
-        futures = {ex.submit(_read_chunk, paths[i:i + size]): i for i in range(0, n, size)}
-        done = 0
+        futures = {ex.submit(_read_chunk, rest[i:i + size]): i for i in range(0, len(rest), size)}
+        done = len(out)
         for f in as_completed(futures):
             i = futures[f]
             got = f.result()
-            out[i:i + len(got)] = got
+            got_all[i:i + len(got)] = got
             done += len(got)
             tick("reading metadata", done, n)
-    return out
+    return out + got_all
 
 
 def _check_identity(plan: _Plan, bt_rel: str, number: int, strategy: str, run_id: str, sname: str,
