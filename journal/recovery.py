@@ -180,7 +180,8 @@ def recover(*, root: RootArg = None, dry_run: bool = False, older_than: str | ti
             _remove_temps(folder, dry_run, out, rel)
         _remove_stale_hints(ws, dry_run, out)
         _remove_temps(ws.lost_found, dry_run, out, rel)
-        actions, out.live = plan(ws, w.j, now=now, older_than=ot, force=force, view=_sheet(ws))
+        seen = _sheet(ws)                       # the sheet as read once, under the lock, for every decision below
+        actions, out.live = plan(ws, w.j, now=now, older_than=ot, force=force, view=seen)
         if dry_run:
             out.actions.extend(actions)
             _remove_temps(ws.sheet.parent, True, out, rel)
@@ -190,8 +191,7 @@ def recover(*, root: RootArg = None, dry_run: bool = False, older_than: str | ti
                 out.failed.append(a.txid)
                 out.causes.append(Refused(a.detail))
             elif a.action == "adopt":
-                view = _sheet(ws)
-                row = _its_row(view, w.states[a.txid])
+                row = _its_row(seen, w.states[a.txid])
                 if row is not None:
                     w.append(a.txid, "adopt", {"row_number": row, "reason": "its row is on the Master Sheet"},
                              now=now)
