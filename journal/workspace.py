@@ -35,11 +35,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "lock": {"timeout_seconds": 30.0, "retries": 3, "backoff_seconds": 1.0, "on_locked": "rollback",
              "stale_owner_hours": 24.0},
     "sweep": {"zombie_action": "delete", "report": "outputs/logs/integrity_report.md"},
+    "journal": {"store": "files", "dsn": "", "allow_network_fs": False},
 }
 
 CHOICES = {
     ("lock", "on_locked"): ("rollback", "defer"),
     ("sweep", "zombie_action"): ("delete", "quarantine"),
+    ("journal", "store"): ("files", "postgresql"),
 }
 
 # The largest sane value of each number: beyond these a wait or retry count is a typo (and
@@ -80,6 +82,16 @@ stale_owner_hours = 24.0
 zombie_action = "delete"
 # Where the sweep writes its Markdown report, relative to the root.
 report = "outputs/logs/integrity_report.md"
+
+[journal]
+# Where the journal lives: "files" (.sop/journal/, one host) or "postgresql"
+# (many hosts; pip install 'sop-journal[postgresql]').
+store = "files"
+# The PostgreSQL connection string; $SOP_JOURNAL_DSN overrides it.
+dsn = ""
+# The file store refuses .sop/ on NFS, SMB/CIFS or FUSE, whose locks and
+# caches can't be trusted; true accepts it when only one host ever writes.
+allow_network_fs = false
 """
 
 
@@ -94,6 +106,9 @@ class Config:
     zombie_action: str
     report: str
     stale_owner_hours: float = 24.0
+    store: str = "files"
+    dsn: str = ""
+    allow_network_fs: bool = False
 
 
 def parse_config(text: str, source: str = "config.toml") -> Config:
@@ -142,6 +157,8 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
         backoff=merged["lock"]["backoff_seconds"], on_locked=merged["lock"]["on_locked"],
         zombie_action=merged["sweep"]["zombie_action"], report=merged["sweep"]["report"],
         stale_owner_hours=merged["lock"]["stale_owner_hours"],
+        store=merged["journal"]["store"], dsn=merged["journal"]["dsn"],
+        allow_network_fs=merged["journal"]["allow_network_fs"],
     )
 
 
