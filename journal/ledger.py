@@ -112,19 +112,32 @@ def path(sop_dir: Path) -> Path:
     return sop_dir / "ledger.msgpack"
 
 
-def read(sop_dir: Path, seq: int, hash_: str) -> dict[str, Entry] | None:
-    """The ledger as of record ``seq`` (hash ``hash_``), or None when the file does not say so."""
+def decode(data: bytes, seq: int, hash_: str) -> dict[str, Entry] | None:
+    """The ledger in ``data`` when it is the ledger as of record ``seq`` (hash ``hash_``), else None."""
     try:
-        f = _decode(path(sop_dir).read_bytes())
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        f = _decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
         return None
     if f.version != VERSION or f.seq != seq or f.hash != hash_:
         return None
     return dict(f.rows)
 
 
+def encode(rows: dict[str, Entry], seq: int, hash_: str) -> bytes:
+    return _encode(File(seq=seq, hash=hash_, rows=rows))
+
+
+def read(sop_dir: Path, seq: int, hash_: str) -> dict[str, Entry] | None:
+    """The ledger as of record ``seq`` (hash ``hash_``), or None when the file does not say so."""
+    try:
+        data = path(sop_dir).read_bytes()
+    except OSError:
+        return None
+    return decode(data, seq, hash_)
+
+
 def write(sop_dir: Path, rows: dict[str, Entry], seq: int, hash_: str) -> None:
-    fsops.atomic_write(path(sop_dir), _encode(File(seq=seq, hash=hash_, rows=rows)))
+    fsops.atomic_write(path(sop_dir), encode(rows, seq, hash_))
 
 
 class Lost(msgspec.Struct, kw_only=True):

@@ -81,7 +81,7 @@ class Session:
     @contextlib.contextmanager
     def locked(self) -> Iterator[wal.Writer]:
         """Hold the workspace lock and give a journal writer over its current tail."""
-        with locks.hold(self.ws.lock_path, self.ws.config.lock_timeout):
+        with wal.hold(self.ws):
             j = wal.load(self.ws) if self._j is None else wal.refresh(self.ws, self._j)
             self._j = None                  # an error half-way: the next look loads afresh
             w = wal.Writer(self.ws, j)
@@ -90,7 +90,7 @@ class Session:
 
     def sheet_writer(self) -> contextlib.AbstractContextManager[None]:
         """The sheet writer's lock: one process rewrites the Master Sheet at a time."""
-        return locks.hold(self.ws.sheet_lock_path, self.ws.config.lock_timeout, "Master Sheet writer")
+        return wal.hold(self.ws, "Master Sheet writer")
 
     def get(self, w: wal.Writer, txid: str) -> wal.TxState:
         """A run's state as the journal says now; NoSuchTransaction (exit 4) when there is none."""

@@ -130,223 +130,61 @@ tail_cut      —                           segment, offset, bytes, kept
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from . import fsops, ledger, names
+from . import fsops, ledger, locks, names, pgstore
 from .errors import JournalDamaged, WrongState
-from .owner import Owner, username
-from .states import OPEN_STATES, TRANSITIONS
+from .owner import username
+from .records import (
+    GENESIS,
+    SUM_SUFFIX,
+    Body,
+    Checkpoint,
+    Loaded,
+    Record,
+    Segment,
+    Torn,
+    TxState,
+    apply,
+    decode_checkpoint,
+    decode_record,
+    encode_line,
+    fmt_time,
+    line_hash,
+    parse_time,
+    utcnow,
+    verify_line,
+)
+from .states import OPEN_STATES
 from .workspace import Workspace
 
-GENESIS = "0" * 64
-SUM_SUFFIX = 74          # len(',"sum":"') + 64 + len('"}')
+__all__ = ["GENESIS", "SUM_SUFFIX", "Body", "Checkpoint", "Loaded", "Record", "Segment", "Torn", "TxState", "apply",
+           "encode_line", "fmt_time", "line_hash", "parse_time", "utcnow", "verify_line"]
+
 SEGMENT_BYTES = int(os.environ.get("SOP_SEGMENT_BYTES", str(8 << 20)))
 SEGMENT_SUFFIX = ".jsonl"
 
-class Body(msgspec.Struct, frozen=True, kw_only=True):
-    """A record without its ``sum``: the bytes that the sum covers."""
-
-    seq: int
-    txid: str
-    type: str
-    time: str
-    user: str
-    host: str
-    pid: int
-    prev: str
-    data: dict[str, Any] = {}
+def is_pg(ws: Workspace) -> bool:
+    """Whether the workspace's journal lives in PostgreSQL (:mod:`journal.pgstore`) rather than in files."""
+    return ws.config.store == "postgresql"
 
 
-class Record(Body, frozen=True, kw_only=True):
-    """One journal line.  Fields only grow, new ones last with defaults."""
-
-    sum: str = ""
-
-
-class TxState(msgspec.Struct, kw_only=True):
-    """What replay knows of one transaction."""
-
-    txid: str
-    kind: str = "run"                       # "run" or "sweep"
-    state: str = ""
-    strategy: str = ""
-    run_id: str = ""
-    owner: Owner | None = None
-    begun_at: str = ""
-    updated_at: str = ""
-    row: dict[str, Any] | None = None       # the decided row: header name -> value
-    renames: dict[str, str] = {}            # src -> dst, as announced
-    deleted: list[str] = []
-    reason: str = ""
-    plan: list[dict[str, Any]] = []
-    removed_rows: list[dict[str, Any]] = []
-    restored: list[dict[str, Any]] = []     # rows a restore put back (its "restored" records)
-    plan_kind: str = ""                     # a plan's kind: "sweep", "release" or "restore"
-    delete: bool = False                    # the rollback deletes instead of quarantining
-    records: int = 0
-    row_number: int = 0                     # where the row went, once committed
-
-
-class Segment(msgspec.Struct, kw_only=True):
-    name: str
-    first: int
-    last: int
-    bytes: int
-    sha256: str
-
-
-class Checkpoint(msgspec.Struct, kw_only=True):
-    version: int = 1
-    seq: int = 0
-    hash: str = GENESIS
-    segments: list[Segment] = []
-    open: dict[str, TxState] = {}
-
-
-_encode = msgspec.json.Encoder().encode
-_decode_record = msgspec.json.Decoder(Record).decode
-_decode_checkpoint = msgspec.json.Decoder(Checkpoint).decode
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def fmt_time(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_time(s: str) -> datetime:
-    return datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-
-
-def encode_line(body: Body) -> bytes:
-    """The bytes of one record's line, ``\\n`` included."""
-    raw = _encode(body)
-    digest = hashlib.sha256(raw).hexdigest()
-    return raw[:-1] + b',"sum":"' + digest.encode() + b'"}\n'
-
-
-def line_hash(line: bytes) -> str:
-    """The hash that the next record's ``prev`` holds (line without ``\\n``)."""
-    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
-
-
-def verify_line(line: bytes) -> Record | None:
-    """The record of a complete line (without ``\\n``), or None when it fails its sum or does not parse."""
-    if len(line) <= SUM_SUFFIX or not line.endswith(b'"}') or line[-SUM_SUFFIX:-66] != b',"sum":"':
-        return None
-    body = line[:-SUM_SUFFIX] + b"}"
-    if hashlib.sha256(body).hexdigest().encode() != line[-66:-2]:
-        return None
-    try:
-        return _decode_record(line)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-
-
-def apply(states: dict[str, TxState], rec: Record, *, strict: bool = True) -> None:
-    """Advance the state of ``rec.txid`` by one record (replay).
-
-    With ``strict`` a record that the state machine does not allow is damage.
-    """
-    if rec.type == "tail_cut":
-        return
-    tx = states.get(rec.txid)
-    cur = tx.state if tx else ""
-    rule = TRANSITIONS.get(rec.type)
-    if rule is None:
-        if strict:
-            raise JournalDamaged(f"record {rec.seq}: unknown record type {rec.type!r}")
-        return
-    allowed, nxt = rule
-    if cur not in allowed:
-        if strict:
-            raise JournalDamaged(f"record {rec.seq}: {rec.type!r} is not allowed in state {cur or 'none'!r} "
-                                 f"of transaction {rec.txid}")
-        return
-    d = rec.data
-    if tx is None:
-        tx = TxState(txid=rec.txid, begun_at=rec.time)
-        states[rec.txid] = tx
-        if rec.type == "begin":
-            tx.kind = "run"
-            tx.strategy = d.get("strategy", "")
-            tx.run_id = d.get("run_id", "")
-            if d.get("owner"):
-                tx.owner = msgspec.convert(d["owner"], Owner)
-        else:
-            tx.kind = "sweep"
-            tx.plan = list(d.get("steps", []))
-            tx.plan_kind = next((k for k in ("release", "restore") if d.get(k)), "sweep")
-            if d.get("owner"):
-                tx.owner = msgspec.convert(d["owner"], Owner)
-    tx.records += 1
-    tx.updated_at = rec.time
-    if rec.type == "decide":
-        tx.row = d.get("row")
-    elif rec.type == "defer":
-        tx.reason = d.get("reason", "")
-    elif rec.type == "rollback":
-        tx.reason = d.get("reason", "")
-        tx.delete = bool(d.get("delete", False))
-    elif rec.type == "rename":
-        tx.renames = {**tx.renames, d["src"]: d["dst"]}
-    elif rec.type == "delete":
-        tx.deleted = [*tx.deleted, d["path"]]
-    elif rec.type == "remove_row":
-        tx.removed_rows = [*tx.removed_rows, d]
-    elif rec.type == "restored":
-        tx.restored = [*tx.restored, d]
-    elif rec.type in ("committed", "adopt"):
-        tx.row_number = int(d.get("row_number", 0) or 0)
-    if nxt is not None:
-        tx.state = nxt
-
-
-@dataclass
-class Torn:
-    segment: Path
-    offset: int
-    data: bytes
-    why: str
-
-
-@dataclass
-class Loaded:
-    """The journal as a writer sees it: where it ends and what is open."""
-
-    seq: int = 0
-    hash: str = GENESIS
-    active: Path | None = None
-    active_bytes: int = 0
-    states: dict[str, TxState] = field(default_factory=dict)   # open ones, plus any touched since the checkpoint
-    torn: Torn | None = None
-    checkpoint: Checkpoint | None = None
-    active_id: tuple[int, int] = (0, 0)                        # (device, inode) of the active segment
-    ledger_ops: list[ledger.Op] = field(default_factory=list)  # what records since the checkpoint did to it
-
-    def apply(self, rec: Record) -> None:
-        """Replay one record: the transaction's state, and the ledger of committed rows."""
-        apply(self.states, rec)
-        if rec.type not in ledger.TYPES:
-            return                                  # most records (begin, mkdir, decide, ...) leave it alone
-        tx = self.states.get(rec.txid)
-        op = ledger.op_of(rec, tx.kind, tx.strategy, tx.run_id) if tx is not None else None
-        if op is not None:
-            self.ledger_ops.append(op)
-
-    def open_transactions(self) -> list[TxState]:
-        return [t for t in self.states.values() if t.state in OPEN_STATES]
+def hold(ws: Workspace, what: str = "workspace") -> contextlib.AbstractContextManager[None]:
+    """The workspace lock, or the sheet writer's (``what="Master Sheet writer"``), in the workspace's store."""
+    if is_pg(ws):
+        return pgstore.hold(ws, what, ws.config.lock_timeout)
+    path = ws.lock_path if what == "workspace" else ws.sheet_lock_path
+    return locks.hold(path, ws.config.lock_timeout, what)
 
 
 def segment_files(journal_dir: Path) -> list[Path]:
@@ -402,7 +240,7 @@ def read_segment(path: Path, *, expect_seq: int, expect_hash: str, newest: bool,
 def read_checkpoint(ws: Workspace) -> Checkpoint | None:
     """The checkpoint as written, or None when it is missing or does not decode (it only saves time)."""
     try:
-        return _decode_checkpoint(ws.checkpoint_path.read_bytes())
+        return decode_checkpoint(ws.checkpoint_path.read_bytes())
     except (OSError, msgspec.DecodeError, msgspec.ValidationError):
         return None
 
@@ -468,6 +306,8 @@ def check_anchor(ws: Workspace, seq: int, hash_: str, anchor: Anchor | None) -> 
 
 def load(ws: Workspace) -> Loaded:
     """Read what a writer needs: the checkpoint and the segments after it."""
+    if is_pg(ws):
+        return pgstore.load(ws)
     anchor = read_anchor(ws)
     segs = segment_files(ws.journal_dir)
     cp = _load_checkpoint(ws, segs)
@@ -508,6 +348,8 @@ def refresh(ws: Workspace, j: Loaded) -> Loaded:
     :func:`load`, which also names any damage exactly.  Transactions that
     the new records touch are copies: a state handed out before stays as it was.
     """
+    if is_pg(ws):
+        return pgstore.refresh(ws, j)
     if j.active is None or j.torn is not None:
         return load(ws)
     try:
@@ -546,7 +388,10 @@ def refresh(ws: Workspace, j: Loaded) -> Loaded:
 def committed_rows(ws: Workspace, j: Loaded) -> dict[str, ledger.Entry]:
     """The ledger now: every committed row the sheet should hold, by run key (see :mod:`journal.ledger`)."""
     cp = j.checkpoint
-    rows = ledger.read(ws.sop_dir, cp.seq, cp.hash) if cp is not None and cp.seq else {}
+    if is_pg(ws):
+        rows: dict[str, ledger.Entry] | None = pgstore.checkpoint_ledger(ws, cp) if cp is not None and cp.seq else {}
+    else:
+        rows = ledger.read(ws.sop_dir, cp.seq, cp.hash) if cp is not None and cp.seq else {}
     if rows is None:                                    # missing or stale: replay the sealed history
         rows = {}
         full = Loaded()
@@ -576,6 +421,9 @@ def _segment_first(p: Path) -> int:
 
 def iter_records(ws: Workspace) -> Iterator[Record]:
     """Every record of the history, oldest first, verified as it goes (torn tail skipped)."""
+    if is_pg(ws):
+        yield from pgstore.iter_records(ws)
+        return
     seq, h = 0, GENESIS
     segs = segment_files(ws.journal_dir)
     for i, p in enumerate(segs):
@@ -778,6 +626,8 @@ def find_records(ws: Workspace, txids: Collection[str] = (), strategy: str | Non
     :func:`journal.names.key`), and every sweep that names one of the run
     ids of its runs.
     """
+    if is_pg(ws):
+        return pgstore.find_records(ws, list(txids), strategy)
     segs = indexed_segments(ws, update_index=update_index)
     want = set(txids)
     if strategy is None:
@@ -791,6 +641,12 @@ def find_records(ws: Workspace, txids: Collection[str] = (), strategy: str | Non
     if more:
         recs = sorted([*recs, *read_indexed(segs, more)], key=lambda r: r.seq)
     return recs
+
+
+def name_tags(type_: str, data: dict[str, Any]) -> list[str]:
+    """What a record names, as the PostgreSQL store indexes it: ``s:<strategy key>``, ``r:<run key>``."""
+    strategies, runs = named(type_, data)
+    return [f"s:{k}" for k in sorted(strategies)] + [f"r:{k}" for k in sorted(runs)]
 
 
 def strategies_named(type_: str, data: dict[str, Any]) -> set[str]:
@@ -812,7 +668,9 @@ class Writer:
         return self.j.states
 
     def anchor(self) -> None:
-        """Record how far the journal has come, outside it (``.sop/anchor.json``)."""
+        """Record how far the journal has come, outside it (``.sop/anchor.json``; the database is its own)."""
+        if is_pg(self.ws):
+            return
         write_anchor(self.ws, self.j.seq, self.j.hash)
 
     def cut_torn(self, now: datetime | None = None) -> None:
@@ -848,6 +706,14 @@ class Writer:
         body = Body(seq=self.j.seq + 1, txid=txid, type=type_, time=fmt_time(now or utcnow()),
                      user=self.user, host=self.host, pid=os.getpid(), prev=self.j.hash, data=data)
         line = encode_line(body)
+        if is_pg(self.ws):
+            rec = decode_record(line)
+            pgstore.append(self.ws, self.j, rec, line, name_tags(type_, data), scratch.get(txid))
+            self.j.seq, self.j.hash = body.seq, line_hash(line)
+            self.j.apply(rec)
+            if pgstore.checkpoint_due(self.j):
+                self._pg_seal()
+            return rec
         if self.j.active is None or self.j.active_bytes >= SEGMENT_BYTES:
             if self.j.active is not None:
                 self._seal()
@@ -862,9 +728,16 @@ class Writer:
         self.j.active_bytes += len(line)
         self.j.seq = body.seq
         self.j.hash = line_hash(line)
-        rec = _decode_record(line)
+        rec = decode_record(line)
         self.j.apply(rec)
         return rec
+
+    def _pg_seal(self) -> None:
+        """The PostgreSQL store's checkpoint: open transactions and the ledger as of now."""
+        cp = pgstore.write_checkpoint(self.ws, self.j, committed_rows(self.ws, self.j))
+        self.j.checkpoint = cp
+        self.j.ledger_ops = []
+        self.j.states = {k: msgspec.structs.replace(v) for k, v in cp.open.items()}
 
     def _seal(self) -> None:
         """Write a checkpoint covering every segment so far, so the next one starts fresh."""
