@@ -45,12 +45,12 @@ from typing import Any
 
 import msgspec
 
-from . import names, wal
+from . import names, pgstore, wal
 from .errors import JournalDamaged, NoSuchTransaction, UsageError
 from .render import NOT_JSON
 from .states import OPEN, OPEN_STATES, STATE_CHOICES, STATES
 from .when import parse_when
-from .workspace import RootArg, open_workspace
+from .workspace import RootArg, Workspace, open_workspace
 
 # ---------------------------------------------------------------- sop-log
 
@@ -367,6 +367,9 @@ DAMAGE_ACTION = ("Do not edit the journal by hand, and do not run commands that 
 CHECKPOINT_ACTION = ("Every record verifies but the checkpoint does not match them: if a backup agrees with the "
                      "journal, move .sop/checkpoint.json aside (writers then replay the journal and write a new "
                      "one at the next seal); otherwise restore .sop/ from a backup.")
+PG_DAMAGE_ACTION = ("Do not edit the sop_journal table by hand, and do not run commands that write (they refuse, "
+                    "exit 5). Restore the database from a backup (or point-in-time recovery) taken before the "
+                    "damage; the records before the damaged one verify.")
 TORN_ACTION = ("Not damage: 'sop-recover' (or the next command that writes) cuts it off and keeps its bytes in "
                ".sop/lost+found/.")
 
@@ -385,6 +388,14 @@ def fsck(*, root: RootArg = None, env: dict[str, str] | None = None) -> FsckResu
     """Verify the whole journal, read-only (SPEC §3, §5 sop-fsck); the result says where it is damaged."""
     ws = open_workspace(root, env)
     res = FsckResult(ok=True, records=0)
+    if wal.is_pg(ws):
+        try:
+            _verify_pg(ws, res)
+        except _Stop as stop:
+            res.ok = False
+            res.damage = stop.damage
+            res.action = PG_DAMAGE_ACTION
+        return res
     cp_exists = ws.checkpoint_path.exists()
     cp = wal.read_checkpoint(ws)
     if cp_exists and cp is None:
@@ -465,23 +476,7 @@ def _verify(journal_dir: Path, cp: wal.Checkpoint | None, res: FsckResult) -> No
                                 "after": seq}
                     break
                 raise _Stop(Damage(p.name, lineno, seq + 1, f"record {seq + 1} (line {lineno}): {why}"))
-            if rec.seq != seq + 1:
-                if rec.seq <= seq:
-                    msg = (f"record {rec.seq} appears where record {seq + 1} was expected: a record was "
-                           "duplicated or moved")
-                else:
-                    lost = f"record {seq + 1} was" if rec.seq == seq + 2 else f"records {seq + 1}–{rec.seq - 1} were"
-                    msg = f"record {rec.seq} appears where record {seq + 1} was expected: {lost} removed or moved"
-                raise _Stop(Damage(p.name, lineno, rec.seq, msg))
-            if rec.prev != h:
-                raise _Stop(Damage(p.name, lineno, rec.seq,
-                                   f"record {rec.seq} does not chain to the record before it: record {seq} was "
-                                   f"changed, or record {rec.seq} was moved"))
-            try:
-                wal.apply(states, rec, strict=True)
-            except JournalDamaged as e:
-                raise _Stop(Damage(p.name, lineno, rec.seq,
-                                   f"record {rec.seq} breaks the transaction state machine: {e.message}")) from None
+            _chain(p.name, lineno, rec, seq, h, states)
             seq, h = rec.seq, wal.line_hash(line)
             rep.last, rep.records = seq, rep.records + 1
             res.records = seq
@@ -516,6 +511,52 @@ def _verify(journal_dir: Path, cp: wal.Checkpoint | None, res: FsckResult) -> No
                                    f"{cp.seq} (first: {txid}); writers would see the wrong ones"))
 
 
+def _chain(where: str, lineno: int | None, rec: wal.Record, seq: int, h: str, states: dict[str, wal.TxState]) -> None:
+    """Check that ``rec`` comes next (number, chain) and that the state machine allows it."""
+    if rec.seq != seq + 1:
+        if rec.seq <= seq:
+            msg = (f"record {rec.seq} appears where record {seq + 1} was expected: a record was "
+                   "duplicated or moved")
+        else:
+            lost = f"record {seq + 1} was" if rec.seq == seq + 2 else f"records {seq + 1}–{rec.seq - 1} were"
+            msg = f"record {rec.seq} appears where record {seq + 1} was expected: {lost} removed or moved"
+        raise _Stop(Damage(where, lineno, rec.seq, msg))
+    if rec.prev != h:
+        raise _Stop(Damage(where, lineno, rec.seq,
+                           f"record {rec.seq} does not chain to the record before it: record {seq} was "
+                           f"changed, or record {rec.seq} was moved"))
+    try:
+        wal.apply(states, rec, strict=True)
+    except JournalDamaged as e:
+        raise _Stop(Damage(where, lineno, rec.seq,
+                           f"record {rec.seq} breaks the transaction state machine: {e.message}")) from None
+
+
+def _verify_pg(ws: Workspace, res: FsckResult) -> None:
+    """The PostgreSQL store: every line's sum, number and chain, the state machine, and each checkpoint."""
+    cps = dict(pgstore.checkpoints(ws))
+    res.checkpoint = {"present": bool(cps), "seq": max(cps, default=0), "segments": 0, "open": 0,
+                      "store": "postgresql", "checkpoints": len(cps)}
+    states: dict[str, wal.TxState] = {}
+    seq, h = 0, wal.GENESIS
+    where = f"PostgreSQL {pgstore.shown(pgstore.dsn_of(ws))}"
+    for s, line in pgstore.iter_lines(ws):
+        rec = wal.verify_line(line)
+        if rec is None:
+            raise _Stop(Damage(where, None, s, f"record {s}: {_why_bad(line)}"))
+        if rec.seq != s:
+            raise _Stop(Damage(where, None, s, f"the row for record {s} holds record {rec.seq}"))
+        _chain(where, None, rec, seq, h, states)
+        seq, h = rec.seq, wal.line_hash(line)
+        res.records = seq
+        if s in cps and cps[s] != h:
+            raise _Stop(Damage(where, None, s, f"the checkpoint at record {s} holds another hash for it"))
+    if any(c > seq for c in cps):
+        raise _Stop(Damage(where, None, seq + 1, f"a checkpoint names record {max(cps)}, but the journal ends at "
+                                                 f"record {seq}: records were removed from the end"))
+    res.checkpoint["open"] = sum(1 for v in states.values() if v.state in OPEN_STATES)
+
+
 def _check_sealed(name: str, data: bytes, entry: wal.Segment, rep: SegmentReport) -> None:
     rep.digest = "mismatch"
     where = f"sealed segment {name} (records {entry.first}–{entry.last} in the checkpoint)"
@@ -543,8 +584,13 @@ def _why_bad(line: bytes) -> str:
 def format_fsck(res: FsckResult) -> str:
     """The human report of ``sop-fsck``."""
     sealed = [s for s in res.segments if s.sealed]
-    lines = [f"checked {res.records} record(s) in {len(res.segments)} segment(s); "
-             f"{sum(1 for s in sealed if s.digest == 'ok')} of {len(sealed)} sealed segment(s) match the checkpoint"]
+    if res.checkpoint.get("store") == "postgresql":
+        lines = [f"checked {res.records} record(s) in the PostgreSQL store; "
+                 f"{res.checkpoint.get('checkpoints', 0)} checkpoint(s) match"]
+    else:
+        lines = [f"checked {res.records} record(s) in {len(res.segments)} segment(s); "
+                 f"{sum(1 for s in sealed if s.digest == 'ok')} of {len(sealed)} sealed segment(s) match the "
+                 "checkpoint"]
     for w in res.warnings:
         lines.append(f"warning: {w}")
     if res.damage is not None:

@@ -140,18 +140,24 @@ def _need_strategy(out: Out, strategy: str | None, directive: str | None) -> Non
 @click.command("init", context_settings=CONTEXT)
 @click.option("--from-journal", is_flag=True,
               help="Rebuild a missing Master Sheet from the journal: its committed rows, with their values.")
+@click.option("--store", type=click.Choice(["files", "postgresql"]), default=None,
+              help="Where the journal lives; postgresql creates its tables and moves a file journal there.")
+@click.option("--dsn", default=None, metavar="DSN",
+              help="The PostgreSQL connection string to record in [journal] dsn (with --store postgresql).")
 @common
-def init_cmd(out: Out, from_journal: bool) -> None:
+def init_cmd(out: Out, from_journal: bool, store: str | None, dsn: str | None) -> None:
     """Create .sop/ (and the Master Sheet when it is missing) in the workspace root.
 
     The root is -C DIR, else $SOP_ROOT, else the working directory.  An
     existing sheet is accepted as it is and never rewritten.  A missing sheet
     in a workspace whose journal holds committed rows is refused (exit 5):
     restore it from a backup, or rebuild it with --from-journal.
+    --store postgresql creates the PostgreSQL journal store (many hosts),
+    moves an existing file journal into it and sets [journal] in the config.
     """
     from . import porcelain
     root = out.root or os.environ.get("SOP_ROOT") or os.getcwd()
-    res = _call(out, lambda: porcelain.init(root, from_journal=from_journal))
+    res = _call(out, lambda: porcelain.init(root, from_journal=from_journal, store=store, dsn=dsn))
     if out.json:
         out.result(res)
     else:

@@ -19,6 +19,7 @@ working directory), ``now`` (a UTC datetime, for tests) and ``env``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,14 +28,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from . import child, fsops, inputs, locks, names, sheet, txn, wal
+from . import child, fsops, inputs, locks, names, pgstore, sheet, txn, wal
 from .errors import Busy, Refused, SheetDamaged, SheetLocked, SopError, UsageError, WrongState
 from .owner import owner_of
 from .render import NOT_JSON
 from .states import COMMITTABLE_STATES
 from .txn import AbortResult, Session, TxInfo, clock
 from .when import parse_duration
-from .workspace import CONFIG_TEMPLATE, RootArg, Workspace, load_config, open_workspace
+from .workspace import CONFIG_TEMPLATE, RootArg, Workspace, load_config, open_workspace, parse_config, with_store
 
 PathArg = str | os.PathLike[str] | None
 
@@ -98,7 +99,8 @@ def _directive_value(d: dict[str, Any], key: str, what: str, path: object) -> st
 
 # ---------------------------------------------------------------- init
 
-def init(root: PathArg = None, *, from_journal: bool = False, now: datetime | None = None) -> InitResult:
+def init(root: PathArg = None, *, from_journal: bool = False, store: str | None = None, dsn: str | None = None,
+         now: datetime | None = None) -> InitResult:
     """Create ``.sop/`` and, when missing, the Master Sheet; accept an existing sheet as it is.
 
     In a workspace whose journal holds committed rows, a missing sheet is not
@@ -106,15 +108,29 @@ def init(root: PathArg = None, *, from_journal: bool = False, now: datetime | No
     SheetDamaged (exit 5) says how to get it back, and ``from_journal``
     rebuilds it from the journal — a new sheet whose headers are the columns
     those rows filled, and every committed row put back (``sop-restore``).
+
+    ``store="postgresql"`` (with ``dsn``, else ``$SOP_JOURNAL_DSN`` or the
+    config's) creates the PostgreSQL store's tables, moves a file journal
+    into it with its chain intact, and sets ``[journal]`` in the config.
     """
     r = Path(root if root is not None else os.getcwd()).absolute()
     if not r.is_dir():
         raise UsageError(f"no such folder: {r}")
+    if store not in (None, "files", "postgresql"):
+        raise UsageError(f"unknown store {store!r}", detail="Use --store files or --store postgresql.")
     created: list[str] = []
     sop = r / ".sop"
     config_path = sop / "config.toml"
     cfg = load_config(r) if config_path.exists() else None
     ws = Workspace(r, cfg or load_config(r))
+    if store == "files" and ws.config.store == "postgresql":
+        raise UsageError("this workspace's journal is in PostgreSQL; sop does not move it back to files",
+                         detail="Copy it out with 'sop-log --json' if you need the records as files.")
+    if dsn is not None and store != "postgresql":
+        raise UsageError("--dsn goes with --store postgresql")
+    if store == "postgresql":
+        created += _to_postgresql(ws, config_path, dsn)
+        ws = Workspace(r, load_config(r))
     if ws.sheet.exists():
         if from_journal:
             raise UsageError(f"the Master Sheet exists: {ws.rel(ws.sheet)}",
@@ -122,7 +138,7 @@ def init(root: PathArg = None, *, from_journal: bool = False, now: datetime | No
                                     "back into an existing one.")
         sheet.read(ws, cache=False)   # refuse (exit 5) one we cannot read, or without Strategy/RunID
     rows: list[dict[str, Any]] = []
-    if sop.is_dir() and (ws.journal_dir.is_dir() or ws.anchor_path.exists()):
+    if sop.is_dir() and (ws.journal_dir.is_dir() or ws.anchor_path.exists() or wal.is_pg(ws)):
         rows = _committed_values(ws)  # a damaged journal refuses here (exit 5)
         if rows and not ws.sheet.exists() and not from_journal:
             raise SheetDamaged(f"the Master Sheet {ws.rel(ws.sheet)} is missing, but the journal holds "
@@ -134,7 +150,7 @@ def init(root: PathArg = None, *, from_journal: bool = False, now: datetime | No
     if not sop.is_dir():
         fsops.mkdir(sop)
         created.append(".sop/")
-    if not ws.journal_dir.is_dir():
+    if not wal.is_pg(ws) and not ws.journal_dir.is_dir():
         fsops.mkdir(ws.journal_dir)
         if not ws.anchor_path.exists():
             wal.write_anchor(ws, 0, wal.GENESIS)
@@ -154,6 +170,43 @@ def init(root: PathArg = None, *, from_journal: bool = False, now: datetime | No
         created += [f"row {it.row}: {it.strategy}" if it.done else f"not restored: {it.strategy} ({it.action})"
                     for it in res.items]
     return InitResult(str(r), created)
+
+
+def _to_postgresql(ws: Workspace, config_path: Path, dsn: str | None) -> list[str]:
+    """Create the PostgreSQL store, move a file journal into it, then point the config at it.
+
+    In this order, so that a crash at any step is finished by running the
+    command again: the records are copied in one database transaction (a
+    second run finds the same history there and copies nothing), then the
+    config is replaced atomically, then ``.sop/journal/`` is renamed to
+    ``.sop/journal.moved/`` (kept as it was; a host still configured for
+    files finds no journal and its anchor says so: exit 5, never a fork).
+    """
+    done: list[str] = []
+    text = config_path.read_text(encoding="utf-8") if config_path.exists() else CONFIG_TEMPLATE
+    new_text = with_store(text, "postgresql", dsn)
+    pg = Workspace(ws.root, parse_config(new_text))
+    if not ws.sop_dir.is_dir():
+        fsops.mkdir(ws.sop_dir)
+        done.append(".sop/")
+    pgstore.create(pg, os.urandom(8).hex())
+    files = Workspace(ws.root, dataclasses.replace(ws.config, store="files"))
+    if ws.config.store == "files" and files.journal_dir.is_dir():
+        n = wal.move_to_pg(files, pg)
+        done.append(f"the journal store in {pgstore.shown(pgstore.dsn_of(pg))}"
+                    + (f", with the {n} record(s) of .sop/journal/" if n else ""))
+    else:
+        done.append(f"the journal store in {pgstore.shown(pgstore.dsn_of(pg))}")
+    if new_text != text or not config_path.exists():
+        fsops.atomic_write(config_path, new_text.encode())
+        done.append(".sop/config.toml ([journal] store = \"postgresql\")")
+    if files.journal_dir.is_dir():
+        moved = ws.sop_dir / "journal.moved"
+        if moved.exists():
+            moved = ws.sop_dir / f"journal.moved-{names.stamp(wal.utcnow())}"
+        fsops.rename(files.journal_dir, moved)
+        done.append(f"{ws.rel(moved)}/ (the file journal, kept as it was)")
+    return done
 
 
 def _committed_values(ws: Workspace) -> list[dict[str, Any]]:

@@ -433,6 +433,39 @@ def iter_records(ws: Workspace) -> Iterator[Record]:
         yield from batch
 
 
+def file_lines(ws: Workspace) -> Iterator[tuple[Record, bytes]]:
+    """Every record of the file store with its line (without ``\\n``), verified; a torn tail is damage here."""
+    seq, h = 0, GENESIS
+    for p in segment_files(ws.journal_dir):
+        data = p.read_bytes()
+        batch: list[Record] = []
+        seq, h, torn = read_segment(p, expect_seq=seq + 1, expect_hash=h, newest=True, on_record=batch.append,
+                                    data=data)
+        if torn is not None:
+            raise JournalDamaged(f"journal damaged: {p.name} ends in a torn record",
+                                 detail="Run 'sop-recover' first: it cuts the torn tail off and keeps its bytes.")
+        yield from zip(batch, data.split(b"\n"), strict=False)
+
+
+def move_to_pg(files: Workspace, pg: Workspace) -> int:
+    """Copy the file store's whole history into an empty PostgreSQL store, chain intact; the count copied.
+
+    When the database already holds exactly this history (a move that
+    stopped after copying), nothing is copied again and the count is 0.
+    """
+    tip = (0, GENESIS)
+    for rec, line in file_lines(files):
+        tip = (rec.seq, line_hash(line))
+    have = pgstore.load(pg)
+    if have.seq:
+        if (have.seq, have.hash) == tip:
+            return 0
+        raise JournalDamaged(f"journal damaged: the PostgreSQL store {pgstore.shown(pgstore.dsn_of(pg))} holds "
+                             f"another history (record {have.seq}) than the file journal (record {tip[0]})",
+                             detail="Point [journal] dsn at an empty database to move this journal there.")
+    return pgstore.import_records(pg, ((rec, line, name_tags(rec.type, rec.data)) for rec, line in file_lines(files)))
+
+
 # ---------------------------------------------------------------- the index of sealed segments
 
 INDEX_VERSION = 1

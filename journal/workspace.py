@@ -20,6 +20,7 @@ of the working directory that holds ``.sop/`` (as git finds ``.git/``).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tomllib
@@ -276,6 +277,29 @@ class Workspace:
 
 
 RootArg = str | os.PathLike[str] | Workspace | None      # a workspace folder, or an open workspace
+
+
+def with_store(text: str, store: str, dsn: str | None) -> str:
+    """Config text with ``[journal] store`` (and ``dsn`` when given) set; every other line kept as it was."""
+    want = {"store": json.dumps(store)}
+    if dsn is not None:
+        want["dsn"] = json.dumps(dsn, ensure_ascii=False)
+    lines = text.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.strip() == "[journal]"), None)
+    if start is None:
+        lines += ["", "[journal]", *(f"{k} = {v}" for k, v in want.items())]
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+        for k, v in want.items():
+            at = next((i for i in range(start + 1, end) if lines[i].split("=")[0].strip() == k), None)
+            if at is None:
+                lines.insert(start + 1, f"{k} = {v}")
+                end += 1
+            else:
+                lines[at] = f"{k} = {v}"
+    out = "\n".join(lines) + "\n"
+    parse_config(out)                                  # never write a config that would not load
+    return out
 
 
 def find_root(root: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
