@@ -267,7 +267,45 @@ def begin(strategy: str | None = None, *, run_id: str | None = None, directive: 
         names.check_safe(run_id, "run id", limit=limit)
     txn.check_tops(ws)
     owner = owner_of(owner_pid if owner_pid is not None else os.getpid())
+    txid = txn.new_txid(now)
+    hold = _lease(ws, txid, owner)                 # the PostgreSQL store: held before the begin is on record
+    try:
+        res = _begin(ws, txid, strategy, run_id, owner, now)
+    except BaseException:
+        hold.let_go()
+        raise
+    hold.begun()
+    return res
 
+
+class _Lease:
+    """Who holds a new transaction's lease: this process, a keeper, or nobody (the file store)."""
+
+    def __init__(self, ws: Workspace, txid: str, keeper: Any = None, mine: bool = False) -> None:
+        self.ws, self.txid, self.keeper, self.mine = ws, txid, keeper, mine
+
+    def begun(self) -> None:
+        if self.keeper is not None:
+            self.keeper.go()
+
+    def let_go(self) -> None:
+        if self.keeper is not None:
+            self.keeper.stop()
+        if self.mine:
+            pgstore.drop_lease(self.ws, self.txid)
+
+
+def _lease(ws: Workspace, txid: str, owner: Any) -> _Lease:
+    if not wal.is_pg(ws):
+        return _Lease(ws, txid)
+    if owner.pid == os.getpid():
+        pgstore.take_lease(ws, txid)
+        return _Lease(ws, txid, mine=True)
+    from . import keeper
+    return _Lease(ws, txid, keeper=keeper.start(ws, txid, owner))
+
+
+def _begin(ws: Workspace, txid: str, strategy: str, run_id: str | None, owner: Any, now: datetime) -> BeginResult:
     with Session(ws).locked() as w:
         view = sheet.read(ws)
         skey = names.key(strategy)
@@ -326,10 +364,12 @@ def begin(strategy: str | None = None, *, run_id: str | None = None, directive: 
                           "Action: Run cleanup tool or manually delete folder.",
                           detail=f"Folder: backtests/{existing}/ — 'sop-sweep' reports it, 'sop-sweep --fix' "
                                  "deletes it.")
-        txid = txn.new_txid(now)
         sdir, rdir = ws.strategy_dir(strategy), ws.run_dir(run_id)
-        w.append(txid, "begin", {"strategy": strategy, "run_id": run_id, "owner": txn.owner_record(owner),
-                                 "strategy_dir": ws.rel(sdir), "run_dir": ws.rel(rdir)}, now=now)
+        rec: dict[str, Any] = {"strategy": strategy, "run_id": run_id, "owner": txn.owner_record(owner),
+                               "strategy_dir": ws.rel(sdir), "run_dir": ws.rel(rdir)}
+        if wal.is_pg(ws):
+            rec["lease"] = True
+        w.append(txid, "begin", rec, now=now)
         for folder in (sdir, rdir):
             if not folder.parent.is_dir():
                 w.append(txid, "mkdir", {"path": ws.rel(folder.parent)}, now=now)
@@ -527,6 +567,21 @@ def transaction(strategy: str | None = None, *, run_id: str | None = None, direc
     ws = open_workspace(root)
     b = begin(strategy, run_id=run_id, directive=directive, owner_pid=os.getpid(), root=ws, now=now)
     tx = Handle(b.txid, b.strategy, b.run_id, b.strategy_dir, b.run_dir)
+    with _leased(ws, b.txid):
+        yield from _settle(ws, tx, defer_on_lock, now)
+
+
+@contextlib.contextmanager
+def _leased(ws: Workspace, txid: str) -> Iterator[None]:
+    """This process's lease on ``txid`` (PostgreSQL store) is let go when the block ends."""
+    try:
+        yield
+    finally:
+        if wal.is_pg(ws):
+            pgstore.drop_lease(ws, txid)
+
+
+def _settle(ws: Workspace, tx: Handle, defer_on_lock: bool, now: datetime | None) -> Iterator[Handle]:
     try:
         yield tx
     except BaseException as e:
@@ -592,6 +647,12 @@ def run(cmd: Sequence[str], strategy: str | None = None, *, run_id: str | None =
     base_env = dict(os.environ if env is None else env)
     ws = open_workspace(root, base_env)
     tx = begin(strategy, run_id=run_id, directive=directive, owner_pid=os.getpid(), root=ws)
+    with _leased(ws, tx.txid):
+        return _run_child(ws, tx, cmd, base_env, defer_on_lock, stdout)
+
+
+def _run_child(ws: Workspace, tx: BeginResult, cmd: Sequence[str], base_env: dict[str, str], defer_on_lock: bool,
+               stdout: int | None) -> RunResult:
     child_env = {**base_env, "SOP_ROOT": str(ws.root), "SOP_TXID": tx.txid, "SOP_STRATEGY": tx.strategy,
                  "SOP_RUN_ID": tx.run_id, "SOP_STRATEGY_DIR": tx.strategy_dir, "SOP_RUN_DIR": tx.run_dir}
     try:
@@ -660,7 +721,7 @@ def status(*, root: RootArg = None, older_than: str | timedelta = "24h", now: da
         if j.torn:
             journal["torn"] = f"{j.torn.segment.name} at byte {j.torn.offset} ({j.torn.why}); " \
                               "'sop-recover' cuts it off"
-        txs = [txn.info(t, now, ot) for t in j.open_transactions()]
+        txs = [txn.info(ws, t, now, ot) for t in j.open_transactions()]
     except SopError as e:
         journal["ok"] = False
         journal["damage"] = e.message

@@ -68,6 +68,7 @@ class TxState(msgspec.Struct, kw_only=True):
     delete: bool = False                    # the rollback deletes instead of quarantining
     records: int = 0
     row_number: int = 0                     # where the row went, once committed
+    leased: bool = False                    # its owner holds a lease in the PostgreSQL store (journal.pgstore)
 
 
 class Segment(msgspec.Struct, kw_only=True):
@@ -156,6 +157,7 @@ def apply(states: dict[str, TxState], rec: Record, *, strict: bool = True) -> No
             tx.kind = "run"
             tx.strategy = d.get("strategy", "")
             tx.run_id = d.get("run_id", "")
+            tx.leased = d.get("lease") is True
             if d.get("owner"):
                 tx.owner = msgspec.convert(d["owner"], Owner)
         else:

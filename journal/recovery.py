@@ -114,7 +114,7 @@ def plan(ws: Workspace, j: wal.Loaded, *, now: datetime, older_than: timedelta, 
     actions: list[Action] = []
     live: list[TxInfo] = []
     for tx in j.open_transactions():
-        info = txn.info(tx, now, older_than)
+        info = txn.info(ws, tx, now, older_than)
         if tx.state == "aborting":
             actions.append(Action("finish rollback", tx.txid, tx.strategy, tx.run_id))
         elif tx.state in DECIDED_STATES:

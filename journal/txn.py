@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from . import fsops, ledger, locks, names, sheet, wal
+from . import fsops, ledger, locks, names, pgstore, sheet, wal
 from .errors import NoSuchTransaction, Refused, SheetDamaged, SheetLocked, WrongState
 from .owner import Owner, is_abandoned, liveness, owner_of, pid_running
 from .states import DECIDED_STATES
@@ -168,10 +168,18 @@ class TxInfo:
     begun_at: str
 
 
-def info(tx: wal.TxState, now: datetime, older_than: timedelta) -> TxInfo:
-    """An open transaction with its owner's liveness and whether it is abandoned (SPEC §4)."""
+def info(ws: Workspace, tx: wal.TxState, now: datetime, older_than: timedelta) -> TxInfo:
+    """An open transaction with its owner's liveness and whether it is abandoned (SPEC §4).
+
+    With the PostgreSQL store, a transaction begun with a lease is abandoned
+    exactly when its lease is free, whatever host it ran on (no age limit).
+    """
     owner = tx.owner
-    if owner is None:
+    if tx.leased and wal.is_pg(ws):
+        free = pgstore.lease_free(ws, tx.txid)
+        alive, why, abandoned = (False, "its lease is free: the owner is gone", True) if free else \
+            (True, "its lease is held: the owner runs", False)
+    elif owner is None:
         alive, why, abandoned = None, "no owner recorded", True
     else:
         lv = liveness(owner)
