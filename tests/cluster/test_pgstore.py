@@ -1,0 +1,272 @@
+"""The PostgreSQL journal store across "hosts" (Linux namespaces sharing one workspace folder).
+
+Every host sees only its own pids and has its own name; the workspace and the
+server's Unix socket are shared, as a cluster shares a drive and a database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import openpyxl
+import pytest
+
+from cluster.hosts import Host
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = ROOT / "bin"
+PY = sys.executable
+
+
+def env_for(ws: Path) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith("SOP_")}
+    return {**keep, "PYTHONPATH": str(ROOT), "SOP_ROOT": str(ws), "SOP_KEEPER_POLL": "0.2"}
+
+
+def cmd(name: str, *args: str) -> list[str]:
+    return [PY, str(BIN / name), *args]
+
+
+def sop_here(ws: Path, name: str, *args: str, code: int | None = 0) -> Any:
+    """A command run on the test's own host."""
+    import subprocess
+    r = subprocess.run(cmd(name, *args), env=env_for(ws), capture_output=True, text=True, timeout=120)
+    if code is not None:
+        assert r.returncode == code, f"{name} {args}: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+def make_ws(tmp_path: Path, dsn: str) -> Path:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    sop_here(ws, "sop-init", "--store", "postgresql", "--dsn", dsn)
+    return ws
+
+
+def sheet_rows(ws: Path) -> list[tuple[str, str]]:
+    wb = openpyxl.load_workbook(ws / "backtests" / "Strategy_Master_Filter.xlsx", read_only=True)
+    ws0 = wb.worksheets[0]
+    rows = [(str(r[0]), str(r[1])) for r in ws0.iter_rows(min_row=2, values_only=True) if r[0] is not None]
+    wb.close()
+    return rows
+
+
+def open_txs(ws: Path) -> list[dict[str, Any]]:
+    return json.loads(sop_here(ws, "sop-status", "--json").stdout)["transactions"]
+
+
+# A backtest that writes what the commit gate wants, then waits for a file before it ends (so a test holds it live).
+RUN_BODY = ("import json, os, sys, time, pathlib\n"
+            "d = pathlib.Path(os.environ['SOP_STRATEGY_DIR'])\n"
+            "(d / 'run_metadata.json').write_text(json.dumps({'run_id': os.environ['SOP_RUN_ID'],"
+            " 'strategy': os.environ['SOP_STRATEGY']}))\n"
+            "gate = sys.argv[1] if len(sys.argv) > 1 else ''\n"
+            "while gate and not os.path.exists(gate): time.sleep(0.05)\n")
+
+
+def run_cmd(strategy: str, gate: str = "") -> list[str]:
+    return cmd("sop-run", "--strategy", strategy, "--", PY, "-c", RUN_BODY, *([gate] if gate else []))
+
+
+# Each racer: for each round, wait until every racer is ready, then try to begin the round's strategy.
+RACER = """
+import json, os, sys, time, pathlib
+import journal
+from journal.errors import Refused
+barrier, me, n, rounds = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+out = []
+for r in range(rounds):
+    (barrier / f"{r}.{me}").touch()
+    while len([p for p in barrier.iterdir() if p.name.startswith(f"{r}.")]) < n:
+        time.sleep(0.002)
+    try:
+        b = journal.begin(f"race{r}", root=os.environ["SOP_ROOT"])
+        out.append([r, "won", b.txid])
+    except Refused as e:
+        out.append([r, "refused", str(e).splitlines()[0]])
+print(json.dumps(out))
+sys.stdout.flush()
+(barrier / f"done.{me}").touch()
+while not (barrier / "exit").exists():     # hold the leases of the won runs until the test has looked
+    time.sleep(0.05)
+"""
+
+
+def test_racing_begins_one_winner_each(tmp_path: Path, pg_db: str, hosts: Callable[..., Host]) -> None:
+    """3 hosts x 4 processes race for 50 strategies: exactly one winner each, no stray open transaction."""
+    ws = make_ws(tmp_path, pg_db)
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    rounds, n = 50, 12
+    hs = [hosts(f"h{i}") for i in range(3)]
+    procs = [hs[i % 3].spawn([PY, "-c", RACER, str(barrier), str(i), str(n), str(rounds)], env=env_for(ws))
+             for i in range(n)]
+    deadline = time.monotonic() + 240
+    while len(list(barrier.glob("done.*"))) < n:
+        assert time.monotonic() < deadline, "the racers did not finish"
+        assert all(p.poll() in (None, 0) for p in procs), [p.stderr() for p in procs if p.poll()]
+        time.sleep(0.1)
+    results = [json.loads(p.stdout()) for p in procs]
+    winners: dict[int, list[str]] = {}
+    for res in results:
+        for r, what, detail in res:
+            if what == "won":
+                winners.setdefault(r, []).append(detail)
+            else:
+                assert "race" in detail and ("held by" in detail or "already" in detail), detail
+    assert sorted(winners) == list(range(rounds))
+    assert all(len(w) == 1 for w in winners.values()), {r: w for r, w in winners.items() if len(w) != 1}
+    txs = open_txs(ws)
+    assert sorted(t["txid"] for t in txs) == sorted(w[0] for w in winners.values())
+    assert all(t["alive"] is True and not t["abandoned"] for t in txs), txs
+    # while the racers live, no host may roll their runs back, however young the age limit
+    out = hs[0].run(cmd("sop-recover", "--older-than", "0s"), env=env_for(ws))
+    assert out.returncode == 0, out.stderr
+    assert len(open_txs(ws)) == rounds
+    (barrier / "exit").touch()
+    for p in procs:
+        assert p.wait(30) == 0
+    # the racers are gone: their leases are free, so any host sees the runs abandoned at once
+    txs = open_txs(ws)
+    assert len(txs) == rounds and all(t["abandoned"] for t in txs), txs
+    r = hs[1].run(cmd("sop-recover"), env=env_for(ws))
+    assert r.returncode == 0, r.stderr
+    assert open_txs(ws) == []
+    sop_here(ws, "sop-fsck")
+
+
+def test_sixty_runs_across_hosts(tmp_path: Path, pg_db: str, hosts: Callable[..., Host]) -> None:
+    """60 concurrent sop-runs on 3 hosts: all exit 0, 60 rows, each once, and the journal verifies."""
+    ws = make_ws(tmp_path, pg_db)
+    hs = [hosts(f"node{i}") for i in range(3)]
+    t0 = time.monotonic()
+    procs = [(f"s{i:02d}", hs[i % 3].spawn(run_cmd(f"s{i:02d}"), env=env_for(ws))) for i in range(60)]
+    for name, p in procs:
+        assert p.wait(300) == 0, f"{name}: {p.stdout()}\n{p.stderr()}"
+    took = time.monotonic() - t0
+    rows = sheet_rows(ws)
+    assert sorted(r[0] for r in rows) == [f"s{i:02d}" for i in range(60)]
+    assert len({r[1] for r in rows}) == 60
+    assert open_txs(ws) == []
+    fsck = sop_here(ws, "sop-fsck", "--json")
+    assert json.loads(fsck.stdout)["records"] > 60 * 5
+    print(f"60 runs on 3 hosts: {took:.1f} s")
+
+
+def test_host_killed_whole(tmp_path: Path, pg_db: str, hosts: Callable[..., Host]) -> None:
+    """A host dies whole: the others see its runs abandoned at once; a live run elsewhere is never touched."""
+    ws = make_ws(tmp_path, pg_db)
+    a, b, c = hosts("a"), hosts("b"), hosts("c")
+    gate = tmp_path / "gate"
+    on_a = [a.spawn(run_cmd(f"a{i}", str(gate)), env=env_for(ws)) for i in range(3)]
+    script = (f"tx=$({PY} {BIN / 'sop-begin'} --strategy abegun --owner-pid $$) && echo $tx && "
+              f"while [ ! -e {gate} ]; do sleep 0.1; done")
+    on_a.append(a.spawn(["sh", "-c", script], env=env_for(ws)))
+    live = b.spawn(run_cmd("blive", str(gate)), env=env_for(ws))
+    deadline = time.monotonic() + 60
+    while len(open_txs(ws)) < 5:
+        assert time.monotonic() < deadline, open_txs(ws)
+        time.sleep(0.1)
+    assert all(not t["abandoned"] for t in open_txs(ws))
+    a.kill()
+    assert all(p.poll() is not None for p in on_a)
+    t0 = time.monotonic()
+    while True:
+        txs = {t["strategy"]: t for t in open_txs(ws)}
+        if all(txs[s]["abandoned"] for s in ("a0", "a1", "a2", "abegun")):
+            break
+        assert time.monotonic() - t0 < 10, txs
+        time.sleep(0.1)
+    seen = time.monotonic() - t0
+    assert not txs["blive"]["abandoned"] and txs["blive"]["alive"] is True
+    r = c.run(cmd("sop-recover", "--older-than", "0s"), env=env_for(ws))
+    assert r.returncode == 0, r.stdout + r.stderr
+    left = open_txs(ws)
+    assert [t["strategy"] for t in left] == ["blive"]
+    gate.touch()
+    assert live.wait(60) == 0, live.stderr()
+    assert [s for s, _ in sheet_rows(ws)] == ["blive"]
+    backtests = sorted(p.name for p in (ws / "backtests").iterdir() if p.is_dir())
+    assert "blive" in backtests and all(n.split("_FAILED_")[0] in ("a0", "a1", "a2", "abegun")
+                                        for n in backtests if n != "blive")
+    sop_here(ws, "sop-fsck")
+    print(f"abandoned seen {seen:.2f} s after the power cut")
+
+
+def test_same_host_name_does_not_roll_back_a_live_run(tmp_path: Path, pg_db: str,
+                                                      hosts: Callable[..., Host]) -> None:
+    """Two hosts with one name: a pid is never looked up in the wrong process table; the lease decides."""
+    ws = make_ws(tmp_path, pg_db)
+    one, two = hosts("twin"), hosts("twin")
+    gate = tmp_path / "gate"
+    p = one.spawn(run_cmd("twinrun", str(gate)), env=env_for(ws))
+    deadline = time.monotonic() + 30
+    while not open_txs(ws):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    r = two.run(cmd("sop-recover", "--older-than", "0s"), env=env_for(ws))
+    assert r.returncode == 0, r.stderr
+    assert [t["strategy"] for t in open_txs(ws)] == ["twinrun"]
+    gate.touch()
+    assert p.wait(60) == 0, p.stderr()
+    assert [s for s, _ in sheet_rows(ws)] == ["twinrun"]
+
+
+@pytest.mark.parametrize("cut_at", [1, 2, 3])
+def test_connection_cut_mid_commit_fails_closed(tmp_path: Path, pg_db: str, cut_at: int) -> None:
+    """The server ends the session at the commit's k-th append: exit 5, nothing lost, sop-recover finishes."""
+    ws = make_ws(tmp_path, pg_db)
+    b = json.loads(sop_here(ws, "sop-begin", "--strategy", "cut", "--owner-pid", str(os.getpid()),
+                            "--json").stdout)
+    (ws / "backtests" / "cut" / "run_metadata.json").write_text(
+        json.dumps({"run_id": b["run_id"], "strategy": "cut"}))
+    import subprocess
+    r = subprocess.run(cmd("sop-commit", b["txid"]), env={**env_for(ws), "SOP_PG_CUT_AT": str(cut_at)},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 5, r.stdout + r.stderr
+    assert "session was lost" in r.stderr
+    before = sheet_rows(ws)
+    assert before in ([], [("cut", b["run_id"])])
+    rec = sop_here(ws, "sop-recover", code=None)
+    assert rec.returncode == 0, rec.stdout + rec.stderr
+    st = open_txs(ws)
+    state = json.loads(sop_here(ws, "sop-log", "--json", b["txid"]).stdout)
+    last = state["transactions"][0]["state"] if "transactions" in state else None
+    if sheet_rows(ws):
+        assert sheet_rows(ws) == [("cut", b["run_id"])]
+        assert (ws / "backtests" / "cut").is_dir()
+    assert st == [] or st[0]["txid"] == b["txid"], st
+    assert last in (None, "committed", "begun", "aborted"), state
+    sop_here(ws, "sop-fsck")
+
+
+def test_file_journal_moves_into_postgresql_chain_intact(tmp_path: Path, pg_db: str) -> None:
+    """sop init --store postgresql on a used file workspace: every record moves, the chain verifies, runs go on."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    sop_here(ws, "sop-init")
+    for s in ("m1", "m2"):
+        r = sop_here(ws, "sop-run", "--strategy", s, "--", PY, "-c", RUN_BODY, code=None)
+        assert r.returncode == 0, r.stderr
+    before = json.loads(sop_here(ws, "sop-log", "--json").stdout)
+    sop_here(ws, "sop-init", "--store", "postgresql", "--dsn", pg_db)
+    assert not (ws / ".sop" / "journal").exists() and (ws / ".sop" / "journal.moved").is_dir()
+    after = json.loads(sop_here(ws, "sop-log", "--json").stdout)
+    assert after == before
+    again = sop_here(ws, "sop-init", "--store", "postgresql")          # idempotent
+    assert "record(s) of .sop/journal/" not in again.stdout
+    r = sop_here(ws, "sop-run", "--strategy", "m3", "--", PY, "-c", RUN_BODY, code=None)
+    assert r.returncode == 0, r.stderr
+    assert [s for s, _ in sheet_rows(ws)] == ["m1", "m2", "m3"]
+    fsck = json.loads(sop_here(ws, "sop-fsck", "--json").stdout)
+    assert fsck["ok"] and fsck["records"] > before_records(before)
+
+
+def before_records(log: dict[str, Any]) -> int:
+    return max((r["seq"] for t in log.get("transactions", []) for r in t.get("records", [])), default=0)
