@@ -25,6 +25,7 @@ says why not, or None.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -56,6 +57,7 @@ class Result:
             raise subprocess.CalledProcessError(self.returncode, self.args, self.stdout, self.stderr)
 
 
+@functools.cache
 def unavailable() -> str | None:
     """Why hosts cannot be made on this machine, or None when they can."""
     if not sys.platform.startswith("linux"):

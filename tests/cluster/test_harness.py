@@ -217,3 +217,18 @@ def test_a_dead_hosts_advisory_lock_is_released_at_once(hosts: HostFactory, pg_d
     print(f"advisory lock released {took * 1e3:.1f} ms after host.kill() began")
     assert gone
     assert took < 2.0
+
+
+def test_the_server_takes_hundreds_of_connections_at_once(pg_db: str) -> None:
+    """The store's tests run hundreds of processes, each holding a connection or two."""
+    pg = psycopg()
+    conns = []
+    try:
+        for _ in range(250):
+            conns.append(pg.connect(pg_db, autocommit=True))
+        with pg.connect(pg_db) as c:
+            n = c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()").fetchone()[0]
+        assert n >= 251
+    finally:
+        for c in conns:
+            c.close()
