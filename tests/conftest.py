@@ -38,8 +38,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # tests/windows/ runs only on Windows (.ci/windows-lane); elsewhere its conftest.py is not even imported, so that
-# it never stands in for this one as the module "conftest".
-collect_ignore = [] if sys.platform == "win32" else ["windows"]
+# it never stands in for this one as the module "conftest".  tests/cluster/ (several hosts, one PostgreSQL) runs
+# only with SOP_CLUSTER=1 (.ci/cluster-lane); it is a package, so its conftest is "cluster.conftest".
+collect_ignore = ([] if sys.platform == "win32" else ["windows"]) + \
+    ([] if os.environ.get("SOP_CLUSTER") == "1" else ["cluster"])
 BIN = ROOT / "bin"
 FAST_CONFIG = """\
 [lock]
