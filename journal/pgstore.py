@@ -71,7 +71,7 @@ from typing import Any
 
 import msgspec
 
-from . import ledger, names
+from . import fsops, ledger, names
 from .errors import Busy, ConfigError, IOFailure, JournalDamaged, Refused, UsageError
 from .records import GENESIS, Checkpoint, Loaded, Record, TxState, apply, line_hash, verify_line
 from .states import OPEN_STATES
@@ -125,9 +125,11 @@ class _Local(threading.local):
     def __init__(self) -> None:
         self.conns: dict[str, Any] = {}
         self.leases: set[str] = set()
+        self.held = 0                      # locks this thread holds now: its session must not change
 
 
 _local = _Local()
+_appends = 0
 _ledgers: dict[tuple[str, int], dict[str, ledger.Entry]] = {}
 
 
@@ -171,6 +173,10 @@ def connection(ws: Workspace) -> Any:
     dsn = dsn_of(ws)
     conn = _local.conns.get(dsn)
     if conn is None or conn.closed or conn.broken:
+        if conn is not None and _local.held:
+            raise StoreLost("the journal store's session was lost while this command held its lock",
+                            detail="Nothing after the last journaled record happened. Run 'sop-recover' "
+                                   "when the server is back.")
         if conn is not None and _local.leases:
             _local.leases.clear()                   # the server let them go with the session
         conn = connect(dsn)
@@ -287,9 +293,11 @@ def hold(ws: Workspace, what: str, timeout: float) -> Iterator[None]:
         raise Busy(f"the {what} is busy: another sop process (on this host or another) held its lock in "
                    f"{shown(dsn_of(ws))} for {timeout:g} s",
                    detail="Action: wait for it to finish and try again, or raise [lock] timeout_seconds.")
+    _local.held += 1
     try:
         yield
     finally:
+        _local.held -= 1
         if not (conn.closed or conn.broken):
             with contextlib.suppress(Exception):
                 conn.execute("SELECT pg_advisory_unlock(%s, %s)", (NS, key))
@@ -463,8 +471,19 @@ def checkpoint_ledger(ws: Workspace, cp: Checkpoint) -> dict[str, ledger.Entry]:
 # ---------------------------------------------------------------- writing
 
 def append(ws: Workspace, j: Loaded, rec: Record, line: bytes, names_: list[str], after: TxState | None) -> None:
-    """Write one record (``line`` with its ``\\n``) after record ``j.seq``; durable on return."""
+    """Write one record (``line`` with its ``\\n``) after record ``j.seq``; durable on return.
+
+    A mutation like any file write (:func:`journal.fsops.point`: crash tests
+    stop here).  ``$SOP_PG_CUT_AT=K`` (tests) has the server end this
+    session just before the K-th append of the process, as a cut network does.
+    """
+    global _appends
     psycopg = _psycopg()
+    fsops.point("append", "postgresql:sop_journal")
+    _appends += 1
+    if os.environ.get("SOP_PG_CUT_AT") == str(_appends):
+        with contextlib.suppress(psycopg.Error):
+            connection(ws).execute("SELECT pg_terminate_backend(pg_backend_pid())")
     opening = open_names(rec.data.get("strategy", ""), rec.data.get("run_id", "")) \
         if rec.type == "begin" else []
     closing = after is not None and after.kind == "run" and after.state not in OPEN_STATES
