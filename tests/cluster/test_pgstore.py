@@ -110,9 +110,9 @@ def test_racing_begins_one_winner_each(tmp_path: Path, pg_db: str, hosts: Callab
     deadline = time.monotonic() + 240
     while len(list(barrier.glob("done.*"))) < n:
         assert time.monotonic() < deadline, "the racers did not finish"
-        assert all(p.poll() in (None, 0) for p in procs), [p.stderr() for p in procs if p.poll()]
+        assert all(p.poll() in (None, 0) for p in procs), [p.stderr for p in procs if p.poll()]
         time.sleep(0.1)
-    results = [json.loads(p.stdout()) for p in procs]
+    results = [json.loads(p.stdout) for p in procs]
     winners: dict[int, list[str]] = {}
     for res in results:
         for r, what, detail in res:
@@ -148,7 +148,7 @@ def test_sixty_runs_across_hosts(tmp_path: Path, pg_db: str, hosts: Callable[...
     t0 = time.monotonic()
     procs = [(f"s{i:02d}", hs[i % 3].spawn(run_cmd(f"s{i:02d}"), env=env_for(ws))) for i in range(60)]
     for name, p in procs:
-        assert p.wait(300) == 0, f"{name}: {p.stdout()}\n{p.stderr()}"
+        assert p.wait(300) == 0, f"{name}: {p.stdout}\n{p.stderr}"
     took = time.monotonic() - t0
     rows = sheet_rows(ws)
     assert sorted(r[0] for r in rows) == [f"s{i:02d}" for i in range(60)]
@@ -190,7 +190,7 @@ def test_host_killed_whole(tmp_path: Path, pg_db: str, hosts: Callable[..., Host
     left = open_txs(ws)
     assert [t["strategy"] for t in left] == ["blive"]
     gate.touch()
-    assert live.wait(60) == 0, live.stderr()
+    assert live.wait(60) == 0, live.stderr
     assert [s for s, _ in sheet_rows(ws)] == ["blive"]
     backtests = sorted(p.name for p in (ws / "backtests").iterdir() if p.is_dir())
     assert "blive" in backtests and all(n.split("_FAILED_")[0] in ("a0", "a1", "a2", "abegun")
@@ -214,7 +214,7 @@ def test_same_host_name_does_not_roll_back_a_live_run(tmp_path: Path, pg_db: str
     assert r.returncode == 0, r.stderr
     assert [t["strategy"] for t in open_txs(ws)] == ["twinrun"]
     gate.touch()
-    assert p.wait(60) == 0, p.stderr()
+    assert p.wait(60) == 0, p.stderr
     assert [s for s, _ in sheet_rows(ws)] == ["twinrun"]
 
 
