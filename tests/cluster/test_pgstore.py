@@ -270,3 +270,67 @@ def test_file_journal_moves_into_postgresql_chain_intact(tmp_path: Path, pg_db: 
 
 def before_records(log: dict[str, Any]) -> int:
     return max((r["seq"] for t in log.get("transactions", []) for r in t.get("records", [])), default=0)
+
+
+@pytest.mark.parametrize("command", ["commit", "abort"])
+def test_crash_at_every_point_with_the_postgresql_store(tmp_path: Path, pg_db: str, command: str) -> None:
+    """Killed before each mutation (folder, sheet or database append), sop-recover leaves SPEC §7 true."""
+    import subprocess
+
+    def fresh(k: int) -> tuple[Path, dict[str, Any] | None]:
+        base = tmp_path / f"k{k}"
+        base.mkdir()
+        import psycopg
+        name = f"{pg_db.split('dbname=')[1].split()[0]}_{k}"
+        with psycopg.connect(pg_db, autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        dsn = psycopg.conninfo.make_conninfo(pg_db, dbname=name)
+        ws = make_ws(base, dsn)
+        if command == "begin":
+            return ws, None
+        b = json.loads(sop_here(ws, "sop-begin", "--strategy", "crash", "--owner-pid", str(os.getpid()),
+                                "--json").stdout)
+        (ws / "backtests" / "crash" / "run_metadata.json").write_text(
+            json.dumps({"run_id": b["run_id"], "strategy": "crash"}))
+        return ws, b
+
+    def argv(b: dict[str, Any] | None) -> list[str]:
+        if command == "begin":
+            return cmd("sop-begin", "--strategy", "crash", "--owner-pid", str(os.getpid()))
+        assert b is not None
+        return cmd(f"sop-{command}", b["txid"])
+
+    ws, b = fresh(0)
+    trace = tmp_path / "trace"
+    r = subprocess.run(argv(b), env={**env_for(ws), "SOP_TRACE_MUTATIONS": str(trace)}, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    points = trace.read_text().splitlines()
+    assert any("postgresql:sop_journal" in p for p in points), points
+    for k in range(1, len(points) + 1):
+        ws, b = fresh(k)
+        r = subprocess.run(argv(b), env={**env_for(ws), "SOP_CRASH_AT": str(k)}, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 137, (k, r.stderr)
+        rec = sop_here(ws, "sop-recover", "--older-than", "0s", code=None)
+        assert rec.returncode == 0, (k, rec.stdout, rec.stderr)
+        fsck = sop_here(ws, "sop-fsck", code=None)
+        assert fsck.returncode == 0, (k, fsck.stdout)
+        rows = sheet_rows(ws)
+        txs = open_txs(ws)
+        if command == "begin":                     # the crashed begin's owner (this test) lives on
+            assert not rows and len(txs) <= 1, (k, rows, txs)
+            continue
+        assert b is not None
+        if rows:                                   # committed: its row once, both folders
+            assert rows == [("crash", b["run_id"])], (k, rows)
+            assert (ws / "backtests" / "crash").is_dir() and (ws / "runs" / b["run_id"]).is_dir()
+        if command == "abort":                     # rolled back, or (killed before its decision) still live
+            assert not rows, (k, rows)
+            if txs:
+                assert [(t["state"], t["alive"]) for t in txs] == [("begun", True)], (k, txs)
+                assert (ws / "backtests" / "crash").is_dir()
+            else:
+                assert not (ws / "backtests" / "crash").exists()
+        sweep = sop_here(ws, "sop-sweep", "--json", code=None)
+        assert sweep.returncode == 0, (k, sweep.stdout)
