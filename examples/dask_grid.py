@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     what = ap.add_mutually_exclusive_group(required=True)
     what.add_argument("--grid", nargs="+", metavar="AXIS=V,V", help="e.g. fast=5,10,20 slow=50,100")
     what.add_argument("--count", type=int, metavar="N", help="N distinct parameter sets")
+    ap.add_argument("--workers", type=int, default=0, metavar="N",
+                    help="wait (up to --wait seconds) until N workers have joined before submitting")
+    ap.add_argument("--wait", type=float, default=120.0, help="seconds to wait for --workers (default 120)")
     ap.add_argument("--prices", type=Path, default=DEFAULT_PRICES, help="a date,close CSV every worker can read")
     ap.add_argument("--simulate-failure", type=int, default=0, metavar="K",
                     help="every K-th backtest fails half-way (to see the rollback)")
@@ -189,13 +192,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from distributed import Client, LocalCluster
 
-    t0 = time.perf_counter()
     if a.local is not None:
         cluster = LocalCluster(n_workers=a.local, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     else:
         cluster, client = None, Client(a.scheduler, timeout="30s")
     try:
+        if a.workers:
+            try:
+                client.wait_for_workers(a.workers, timeout=a.wait)
+            except TimeoutError:
+                print(f"error: fewer than {a.workers} workers joined in {a.wait:g} s", file=sys.stderr)
+                return 2
         t0 = time.perf_counter()
         results = run_grid(client, str(root), grid, a.prices.absolute(), a.simulate_failure)
         wall = time.perf_counter() - t0
