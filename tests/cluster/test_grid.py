@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.skipif(os.environ.get("SOP_CLUSTER") != "1", reason="the cluster lane: SOP_CLUSTER=1")
 pytest.importorskip("distributed")
 openpyxl = pytest.importorskip("openpyxl")
 
