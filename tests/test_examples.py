@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,9 @@ STAGE1 = TOOLS / "run_stage1.py"
 
 sys.path.insert(0, str(TOOLS))
 import ma_cross  # noqa: E402
+
+sys.path.insert(0, str(EXAMPLES))
+import dask_grid  # noqa: E402  (its grid only: dask itself is imported when the grid runs)
 
 
 def py(*args: str | Path, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -115,3 +119,42 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
     p = py(EXAMPLES / "demo.py", target)
     assert p.returncode == 2 and "refusing to touch it" in p.stderr
     assert (target / "data.csv").read_text() == "keep me\n" and len(list(target.iterdir())) == 1
+
+
+# ---------------------------------------------------------------- many machines: the Slurm array script
+
+SLURM = EXAMPLES / "slurm_array.sh"
+
+
+def slurm_task(ws: Path, task_id: str | None) -> subprocess.CompletedProcess[str]:
+    """One array task of examples/slurm_array.sh under bash, as Slurm would start it (without Slurm)."""
+    env = scrubbed_env(SOP_ROOT=str(ws), PYTHON=sys.executable, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    env.pop("SLURM_JOB_ID", None)
+    env.pop("SLURM_ARRAY_TASK_ID", None)
+    if task_id is not None:
+        env["SLURM_ARRAY_TASK_ID"] = task_id
+    return subprocess.run(["bash", str(SLURM)], env=env, text=True, capture_output=True, timeout=120)
+
+
+def test_slurm_array_script_runs_one_backtest_per_task_id(ws: Path) -> None:
+    import openpyxl
+
+    text = SLURM.read_text(encoding="utf-8")
+    assert "#SBATCH --array=0-199\n" in text and "SOP_ROOT" in text
+    ids = [0, 3, 199]
+    for i in ids:
+        p = slurm_task(ws, str(i))
+        assert p.returncode == 0, p.stdout + p.stderr
+        want = dask_grid.strategy_name(dask_grid.grid_of_count(200)[i])      # the same parameter sets
+        assert f"Committed '{want}'" in p.stderr, p.stderr
+    wb = openpyxl.load_workbook(ws / "backtests" / "Strategy_Master_Filter.xlsx")
+    rows = [r for r in wb.worksheets[0].iter_rows(values_only=True)][1:]
+    wb.close()
+    assert sorted(r[0] for r in rows) == sorted(dask_grid.strategy_name(dask_grid.grid_of_count(200)[i]) for i in ids)
+    assert len({r[1] for r in rows}) == 3                                        # distinct run ids
+
+    again = slurm_task(ws, "3")                         # the same task again: refused, nothing created
+    assert again.returncode == 1 and "1-Strategy-1-Row Invariant" in again.stderr
+    assert slurm_task(ws, None).returncode == 2         # no task id: a usage error, not a backtest
+    assert slurm_task(ws, "x1").returncode == 2
+    assert sop("fsck", "-C", str(ws)).returncode == 0
