@@ -22,6 +22,8 @@ import sys
 import time
 from typing import IO
 
+import msgspec
+
 from . import pgstore
 from .errors import Busy, SopError
 from .owner import Owner, hostname, liveness
@@ -67,6 +69,8 @@ def start(ws: Workspace, txid: str, owner: Owner) -> Keeper:
     if line.strip() != b"ok":
         proc.kill()
         proc.wait()
+        if line.startswith(b"error "):                # the keeper's own error, as the keeper saw it
+            raise msgspec.json.decode(line[6:], type=_Failure).error()
         raise Busy(f"the lease keeper of {txid} could not take its lease in "
                            f"{pgstore.shown(pgstore.dsn_of(ws))}",
                            detail="Action: check the PostgreSQL server, then run the command again.")
@@ -86,12 +90,27 @@ def keep(ws: Workspace, txid: str, owner: Owner) -> None:
             return
 
 
+class _Failure(msgspec.Struct):
+    code: int
+    message: str
+    detail: str | None = None
+
+    def error(self) -> SopError:
+        e = SopError(self.message, detail=self.detail)
+        e.exit_code = self.code
+        return e
+
+
 def main(argv: list[str]) -> int:
     root, txid, pid, start_time = argv
     try:
         ws = open_workspace(root)
         keep(ws, txid, Owner(host=hostname(), pid=int(pid), start=start_time))
-    except (SopError, OSError):
+    except SopError as e:
+        sys.stdout.write("error " + msgspec.json.encode(_Failure(e.exit_code, e.message, e.detail)).decode() + "\n")
+        sys.stdout.flush()
+        return 1
+    except OSError:
         return 1
     return 0
 

@@ -67,6 +67,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -204,6 +205,13 @@ def _check_schema(ws: Workspace, conn: Any, dsn: str) -> None:
     if version[0] != SCHEMA:
         raise JournalDamaged(f"journal damaged: the PostgreSQL store {shown(dsn)} has schema {version[0]!r}, "
                              f"this sop knows {SCHEMA!r}", detail="Use the sop version that made it.")
+    mine = local_id(ws)
+    theirs = _query(conn, "SELECT value FROM sop_meta WHERE key = 'workspace'").fetchone()
+    if mine is not None and (theirs is None or theirs[0] != mine):
+        raise JournalDamaged(f"journal damaged: the PostgreSQL store {shown(dsn)} is not this workspace's "
+                             f"(.sop/store-id says {mine}, the database {theirs[0] if theirs else 'nothing'})",
+                             detail="[journal] dsn points at another workspace's database, or the database was "
+                                    "replaced: fix dsn, or restore the database from a backup.")
 
 
 def _query(conn: Any, sql: str, params: Sequence[Any] | None = None) -> Any:
@@ -224,17 +232,42 @@ def is_store_error(e: BaseException) -> bool:
 
 # ---------------------------------------------------------------- schema
 
-def create(ws: Workspace, workspace_id: str) -> bool:
-    """Create the tables (idempotent); True when the store's journal is empty."""
+def id_path(ws: Workspace) -> Path:
+    """``.sop/store-id``: which database's journal is this workspace's (one database, one workspace)."""
+    return ws.sop_dir / "store-id"
+
+
+def local_id(ws: Workspace) -> str | None:
+    try:
+        return id_path(ws).read_text(encoding="ascii").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def create(ws: Workspace) -> None:
+    """Create the tables (idempotent) and bind the database to this workspace (``.sop/store-id``).
+
+    A database that holds another workspace's journal is refused (exit 1):
+    two workspaces must never share one history.
+    """
     dsn = dsn_of(ws)
     conn = connect(dsn)
+    mine = local_id(ws)
     try:
         with conn.transaction():
             _query(conn, "SELECT pg_advisory_xact_lock(%s, 4)", (NS,))
             _query(conn, DDL)
             _query(conn, "INSERT INTO sop_meta VALUES ('schema', %s) ON CONFLICT DO NOTHING", (SCHEMA,))
-            _query(conn, "INSERT INTO sop_meta VALUES ('workspace', %s) ON CONFLICT DO NOTHING", (workspace_id,))
-        return _query(conn, "SELECT NOT EXISTS (SELECT 1 FROM sop_journal)").fetchone()[0]
+            got = _query(conn, "SELECT value FROM sop_meta WHERE key = 'workspace'").fetchone()
+            used = _query(conn, "SELECT EXISTS (SELECT 1 FROM sop_journal)").fetchone()[0]
+            if got is not None and got[0] != mine and used:
+                raise Refused(f"the PostgreSQL store {shown(dsn)} holds another workspace's journal",
+                              detail="Give each workspace its own database (createdb), and set [journal] dsn.")
+            wid = mine or (got[0] if got is not None and not used else os.urandom(8).hex())
+            _query(conn, "INSERT INTO sop_meta VALUES ('workspace', %s) ON CONFLICT (key) DO UPDATE "
+                         "SET value = EXCLUDED.value", (wid,))
+        if mine != wid:
+            fsops.atomic_write(id_path(ws), (wid + "\n").encode())
     finally:
         conn.close()
 

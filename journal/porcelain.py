@@ -189,7 +189,7 @@ def _to_postgresql(ws: Workspace, config_path: Path, dsn: str | None) -> list[st
     if not ws.sop_dir.is_dir():
         fsops.mkdir(ws.sop_dir)
         done.append(".sop/")
-    pgstore.create(pg, os.urandom(8).hex())
+    pgstore.create(pg)
     files = Workspace(ws.root, dataclasses.replace(ws.config, store="files"))
     if ws.config.store == "files" and files.journal_dir.is_dir():
         n = wal.move_to_pg(files, pg)

@@ -8,6 +8,9 @@ of the working directory that holds ``.sop/`` (as git finds ``.git/``).
     .sop/config.toml        settings (sop-config(5)); every key optional
     .sop/journal/           the write-ahead journal's segments, nothing else
     .sop/checkpoint.json    digest of sealed segments and open transactions
+    .sop/store-id           the PostgreSQL store only: the id of this workspace's database
+                            (sop_meta), so that two workspaces never share one journal
+    .sop/journal.moved/     the file journal after 'sop init --store postgresql' moved it
     .sop/lock               the workspace lock (filelock)
     .sop/sheet.lock         held while the Master Sheet is being rewritten
     .sop/lost+found/        torn journal tails that were cut off

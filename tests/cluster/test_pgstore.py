@@ -334,3 +334,23 @@ def test_crash_at_every_point_with_the_postgresql_store(tmp_path: Path, pg_db: s
                 assert not (ws / "backtests" / "crash").exists()
         sweep = sop_here(ws, "sop-sweep", "--json", code=None)
         assert sweep.returncode == 0, (k, sweep.stdout)
+
+
+def test_one_database_one_workspace(tmp_path: Path, pg_db: str) -> None:
+    """A second workspace pointed at a used database is refused; a workspace whose dsn moves to it is damage."""
+    a = make_ws(tmp_path, pg_db)
+    r = sop_here(a, "sop-run", "--strategy", "only", "--", PY, "-c", RUN_BODY, code=None)
+    assert r.returncode == 0, r.stderr
+    b = tmp_path / "b"
+    b.mkdir()
+    sop_here(b, "sop-init")
+    before = sorted(p.name for p in (b / ".sop").iterdir())
+    r = sop_here(b, "sop-init", "--store", "postgresql", "--dsn", pg_db, code=1)
+    assert "another workspace's journal" in r.stderr
+    assert sorted(p.name for p in (b / ".sop").iterdir()) == before
+    assert 'store = "files"' in (b / ".sop" / "config.toml").read_text()
+    (a / ".sop" / "store-id").write_text("0123456789abcdef\n")       # as if dsn now named another's database
+    r = sop_here(a, "sop-status", code=None)
+    assert "is not this workspace's" in r.stdout + r.stderr
+    r = sop_here(a, "sop-begin", "--strategy", "x", "--owner-pid", str(os.getpid()), code=5)
+    assert not (a / "backtests" / "x").exists()
