@@ -7,9 +7,9 @@ on a cluster.  200 backtests make exactly 200 rows, each strategy once, and
 leave a sound journal and nothing open; the same grid again is refused 200
 times and the sheet keeps its 200 rows.
 
-Self-contained (no fixtures of tests/conftest.py): it runs in the cluster
-lane (``SOP_CLUSTER=1``), here with the file store; the same script runs
-unchanged against the PostgreSQL store.
+It runs in the cluster lane (``SOP_CLUSTER=1``), once with the file store
+and once, unchanged, with the PostgreSQL store (``pg_db`` of
+tests/cluster/conftest.py).
 """
 
 from __future__ import annotations
@@ -108,10 +108,14 @@ def sheet_rows(ws: Path) -> list[tuple[Any, ...]]:
         wb.close()
 
 
-def test_200_backtests_on_a_dask_cluster_make_200_rows_and_again_200_refusals(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["files", "postgresql"])
+def test_200_backtests_on_a_dask_cluster_make_200_rows_and_again_200_refusals(
+        tmp_path: Path, store: str, request: pytest.FixtureRequest) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
-    assert sop("sop-init", "-C", str(ws)).returncode == 0
+    extra = ["--store", "postgresql", "--dsn", request.getfixturevalue("pg_db")] if store == "postgresql" else []
+    init = sop("sop-init", "-C", str(ws), *extra)
+    assert init.returncode == 0, init.stderr
     sys.path.insert(0, str(GRID.parent))
     try:
         import dask_grid
