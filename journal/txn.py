@@ -59,7 +59,8 @@ def new_txid(now: datetime) -> str:
 
 def owner_record(o: Owner) -> dict[str, Any]:
     """An owner as the journal's ``begin`` and ``plan`` records hold it."""
-    return {"host": o.host, "pid": o.pid, "start": o.start, "boot": o.boot, "user": o.user}
+    return {"host": o.host, "pid": o.pid, "start": o.start, "boot": o.boot, "user": o.user,
+            "machine": o.machine, "pidns": o.pidns}
 
 
 def describe(tx: wal.TxState) -> str:
@@ -193,7 +194,7 @@ def info(tx: wal.TxState, now: datetime, older_than: timedelta) -> TxInfo:
     else:
         lv = liveness(owner)
         alive, why = lv.alive, lv.why
-        abandoned = is_abandoned(owner, wal.parse_time(tx.begun_at), now, older_than)
+        abandoned = is_abandoned(owner, wal.parse_time(tx.begun_at), now, older_than, live=lv)
     return TxInfo(tx.txid, tx.strategy, tx.run_id, tx.state,
                   owner_record(owner) if owner else None, abandoned, alive, why, tx.begun_at)
 
