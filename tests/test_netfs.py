@@ -95,7 +95,7 @@ def test_this_machine_finds_the_mount_of_a_local_folder(tmp_path: Path) -> None:
     m = fstype.find_mount(str(tmp_path))
     if sys.platform.startswith("linux"):
         assert m is not None and str(tmp_path).startswith(m.point)
-    assert fstype.network_mount(tmp_path) is None or os.environ.get("TMPDIR")    # tmp is local here
+        assert not m.network, f"the tests' temporary folder {tmp_path} is on {m.fstype}: sop refuses to write there"
 
 
 # ---------------------------------------------------------------- the refusal, with a stand-in mount
