@@ -16,6 +16,10 @@ of the working directory that holds ``.sop/`` (as git finds ``.git/``).
                             and its decision (``<txid>.<pid>``), so that the
                             sheet's writer can wait a moment and write their
                             rows in the same rewrite (group commit)
+
+:meth:`Workspace.check_store` says whether the file store may write here:
+not when ``.sop/`` lies on a network or FUSE file system
+(:mod:`journal.fstype`), unless ``[journal] allow_network_fs``.
 """
 
 from __future__ import annotations
