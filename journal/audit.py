@@ -139,6 +139,7 @@ def log(*, root: RootArg = None, txid: str | None = None, strategy: str | None =
     """
     now = now if now is not None else wal.utcnow()
     ws = open_workspace(root, env)
+    ws.check_store(write=False)         # read-only: a warning on a network file system
     lo = wal.fmt_time(parse_when(since, now)) if since is not None else None
     hi = wal.fmt_time(parse_when(until, now, end=True)) if until is not None else None
     wanted = _states_wanted(state)
@@ -387,6 +388,7 @@ def _open_summary(states: dict[str, wal.TxState]) -> dict[str, tuple[str, str, s
 def fsck(*, root: RootArg = None, env: dict[str, str] | None = None) -> FsckResult:
     """Verify the whole journal, read-only (SPEC §3, §5 sop-fsck); the result says where it is damaged."""
     ws = open_workspace(root, env)
+    ws.check_store(write=False)         # read-only: a warning on a network file system
     res = FsckResult(ok=True, records=0)
     if wal.is_pg(ws):
         try:

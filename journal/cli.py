@@ -24,7 +24,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import click
@@ -108,7 +109,8 @@ def common(f: Callable[..., Any]) -> Callable[..., Any]:
 def _call(out: Out, fn: Callable[[], Any]) -> Any:
     """Run one library call; an error becomes its message and exit status."""
     try:
-        return fn()
+        with _store_warnings(out):
+            return fn()
     except errors.SopError as e:
         _fail(out, e)
     except OSError as e:
@@ -117,6 +119,27 @@ def _call(out: Out, fn: Callable[[], Any]) -> Any:
     except KeyboardInterrupt:
         _fail(out, errors.Interrupted("interrupted",
                                       detail="Run 'sop-recover' to finish or roll back what this left open."))
+
+
+@contextlib.contextmanager
+def _store_warnings(out: Out) -> Iterator[None]:
+    """Say each :class:`~journal.errors.StoreWarning` the call raised once on stderr; other warnings pass on."""
+    held: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", errors.StoreWarning)
+            try:
+                yield
+            finally:
+                held = list(caught)
+    finally:
+        said: set[str] = set()
+        for w in held:
+            if not issubclass(w.category, errors.StoreWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            elif str(w.message) not in said:
+                said.add(str(w.message))
+                out.say(f"warning: {w.message}", fg="yellow")
 
 
 def _fail(out: Out, e: errors.SopError) -> NoReturn:

@@ -42,6 +42,22 @@ class ConfigError(UsageError):
     """``.sop/config.toml`` is not valid."""
 
 
+class UnsafeStore(UsageError):
+    """The workspace's file system cannot hold the file store safely; nothing changed.
+
+    ``.sop/`` on a network or FUSE file system (see :mod:`journal.fstype`),
+    or a workspace lock the file system will not give.  Exit 2, like a bad
+    config: every command that writes fails the same way until a person
+    changes the setup (``[journal] store`` or ``allow_network_fs``, or the
+    folder), so it is not a gate's verdict on one run (exit 1), and retrying
+    or ``sop-recover`` cannot help.
+    """
+
+
+class StoreWarning(UserWarning):
+    """A read-only command looked at a workspace whose file system the file store would refuse to write."""
+
+
 class SheetLocked(SopError):
     """The Master Sheet stayed locked (open in Excel); the run was rolled back or deferred."""
 

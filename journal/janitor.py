@@ -699,6 +699,7 @@ def sweep(*, root: RootArg = None, fix: bool = False, report: str | os.PathLike[
     result = SweepResult(dry_run=not fix, when=now.strftime("%Y-%m-%dT%H:%M:%SZ"), root=str(ws.root), findings=[],
                          report=str(report_path))
     if not fix:
+        ws.check_store(write=False)     # a dry run writes only the report: a warning on a network file system
         j = wal.load(ws)
         view = sheet.read(ws)
         actions, _live = _recovery_plan(ws, j, now, view)

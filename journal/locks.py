@@ -34,21 +34,40 @@ from pathlib import Path
 
 import filelock
 
-from .errors import Busy
+from .errors import Busy, UnsafeStore
 from .inputs import Unreadable, read_file
 
 OWNER_FILE_MAX_BYTES = 64 << 10
 
 
 @contextlib.contextmanager
-def hold(path: Path, timeout: float, what: str = "workspace") -> Iterator[None]:
-    """Hold a filelock, or raise Busy (exit 6) after ``timeout`` seconds."""
+def hold(path: Path, timeout: float, what: str = "workspace", shared: str = "") -> Iterator[None]:
+    """Hold a filelock, or raise Busy (exit 6) after ``timeout`` seconds.
+
+    ``shared`` names the network file system the lock lies on, when the
+    workspace allows one (``[journal] allow_network_fs``): the holder may
+    then be a process on another host, which nothing here can see.  A lock
+    the file system will not give at all (an error, not a wait) is
+    UnsafeStore (exit 2): every command, ``sop-recover`` too, takes the same
+    lock, so the message never sends anyone there.
+    """
     lock = filelock.FileLock(str(path), timeout=timeout)
     try:
         lock.acquire()
     except filelock.Timeout:
+        where = (f" It lies on {shared}, so the holder may be a sop process on another host; it must finish "
+                 "there (the network file system is allowed on the understanding that one host writes)."
+                 if shared else "")
         raise Busy(f"the {what} is busy: another sop process held {path} for {timeout:g} s",
-                   detail="Action: wait for it to finish and try again, or raise [lock] timeout_seconds.") from None
+                   detail=f"Action: wait for it to finish and try again, or raise [lock] timeout_seconds.{where}") \
+            from None
+    except (OSError, NotImplementedError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+        raise UnsafeStore(f"cannot take the {what} lock {path}: {why}",
+                          detail="Every sop command that writes takes this lock, 'sop-recover' too, so retrying "
+                                 "cannot help. Action: fix what stops it (the folder's permissions, a read-only "
+                                 "or full disk), or move the workspace to a local disk, or use the PostgreSQL "
+                                 "store ([journal] store = \"postgresql\", see sop-config(5)).") from None
     try:
         yield
     finally:

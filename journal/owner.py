@@ -1,8 +1,27 @@
 """Plumbing: who owns a transaction, and whether that owner is still alive.
 
 An owner is a process: host, pid, the pid's start time and the boot id
-(SPEC §4).  A pid is reused after its process dies, so the start time tells
-a new process from the old one; the boot id tells this boot from the last.
+(SPEC §4), the user, and where the pid means something: the machine id and
+the PID namespace.  A pid is reused after its process dies, so the start
+time tells a new process from the old one; the boot id tells this boot from
+the last.
+
+A pid is looked up in this process table only when the owner ran *here*
+(:func:`where`): the same host name, the same machine id and the same PID
+namespace (each of the last two compared only when both sides know it, so
+records written before they were kept compare by host name alone).  Two
+containers (or ``unshare --pid --uts``) may carry one host name and see
+different processes under one pid; without this each would look up the
+other's pid in its own table, find it gone (or some other process), and
+roll back a live run.  An owner elsewhere is "on another host": its
+liveness cannot be checked here, and it is abandoned only when older than
+``--older-than``.
+
+* machine id: ``/etc/machine-id``, else ``/var/lib/dbus/machine-id``
+  (Linux, the BSDs with D-Bus); the registry's ``MachineGuid`` (Windows);
+  "" elsewhere (macOS: ``ioreg`` costs a process per command).
+* PID namespace: the link ``/proc/self/ns/pid`` (``pid:[4026531836]``,
+  Linux); "" elsewhere.
 
 Two probes give (state, start time) of a pid:
 
@@ -26,6 +45,7 @@ returns; the owner is the nearest ancestor that is not such a launcher
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 import socket
@@ -45,6 +65,17 @@ class Owner(msgspec.Struct, frozen=True, kw_only=True):
     start: str = ""        # the pid's start time (see the module docstring); "" when unknown
     boot: str = ""         # the boot id; "" when unknown
     user: str = ""
+    machine: str = ""      # the machine id; "" when unknown (and in records written before it was kept)
+    pidns: str = ""        # the PID namespace the pid belongs to, "pid:[N]" (Linux); "" when unknown
+
+
+@dataclass(frozen=True)
+class Host:
+    """Where a pid means something: what an owner must share with this process to be looked up here."""
+
+    name: str
+    machine: str = ""
+    pidns: str = ""
 
 
 def hostname() -> str:
@@ -56,6 +87,60 @@ def username() -> str:
         return getpass.getuser()
     except Exception:
         return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+
+
+@functools.cache
+def machine_id() -> str:
+    """This machine's id (see the module docstring), or "" when unknown.  Read once per process."""
+    if sys.platform == "win32":
+        import winreg
+
+        try:
+            with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, r"SOFTWARE\Microsoft\Cryptography", 0,
+                                winreg.KEY_READ | winreg.KEY_WOW64_64KEY) as key:
+                value = winreg.QueryValueEx(key, "MachineGuid")[0]
+        except OSError:
+            return ""
+        return value.strip() if isinstance(value, str) else ""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path, encoding="ascii", errors="replace") as f:
+                value = f.read(256).strip()
+        except OSError:
+            continue
+        if value and value != "uninitialized":
+            return value
+    return ""
+
+
+@functools.cache
+def pid_namespace() -> str:
+    """This process's PID namespace, ``pid:[N]`` (Linux), or "" when unknown.  Read once per process."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except (OSError, AttributeError, NotImplementedError):
+        return ""
+
+
+def this_host() -> Host:
+    """Where this process runs (see :class:`Host`)."""
+    return Host(hostname(), machine_id(), pid_namespace())
+
+
+def where(owner: Owner, here: Host | None = None) -> str:
+    """"" when the owner's pid can be looked up in this process table, else why not (it is elsewhere).
+
+    Here means the same host name, machine id and PID namespace; the last
+    two are compared only when both sides know them.
+    """
+    here = here or this_host()
+    if owner.host != here.name:
+        return f"runs on another host ({owner.host})"
+    if owner.machine and here.machine and owner.machine != here.machine:
+        return f"runs on another machine with the same host name ({owner.host}, machine id {owner.machine[:12]})"
+    if owner.pidns and here.pidns and owner.pidns != here.pidns:
+        return f"runs in another PID namespace ({owner.host}, {owner.pidns}: a container)"
+    return ""
 
 
 def boot_id() -> str:
@@ -133,7 +218,8 @@ def owner_of(pid: int, probe: Probe | None = None) -> Owner:
         raise Refused(f"owner pid {pid} is not running.",
                       detail="Action: pass --owner-pid of a live process (scripts: --owner-pid $$; "
                              "PowerShell: --owner-pid $PID).")
-    return Owner(host=hostname(), pid=pid, start=st[1], boot=_boot_id(probe), user=username())
+    return Owner(host=hostname(), pid=pid, start=st[1], boot=_boot_id(probe), user=username(),
+                 machine=machine_id(), pidns=pid_namespace())
 
 
 # ---------------------------------------------------------------- the default owner
@@ -254,13 +340,14 @@ class Liveness:
     why: str
 
 
-def liveness(owner: Owner, probe: Probe | None = None) -> Liveness:
-    """Whether an owner still runs, as far as this host can tell."""
-    if owner.host != hostname():
-        return Liveness(None, f"runs on another host ({owner.host}); cannot check")
+def liveness(owner: Owner, probe: Probe | None = None, here: Host | None = None) -> Liveness:
+    """Whether an owner still runs, as far as this host can tell (never when it ran elsewhere: :func:`where`)."""
+    elsewhere = where(owner, here)
+    if elsewhere:
+        return Liveness(None, f"{elsewhere}; cannot check")
     probe = probe or _default_probe()
-    here = _boot_id(probe)
-    if owner.boot and here and owner.boot != here:
+    boot = _boot_id(probe)
+    if owner.boot and boot and owner.boot != boot:
         return Liveness(False, "the machine has rebooted since")
     st = probe(owner.pid) if owner.pid > 0 else None
     if st is None:
@@ -272,9 +359,13 @@ def liveness(owner: Owner, probe: Probe | None = None) -> Liveness:
     return Liveness(True, f"pid {owner.pid} is alive")
 
 
-def is_abandoned(owner: Owner, begun: datetime, now: datetime, older_than: timedelta) -> bool:
-    """Abandoned: gone from this host, or on another host and older than ``older_than``."""
-    live = liveness(owner)
+def is_abandoned(owner: Owner, begun: datetime, now: datetime, older_than: timedelta, *,
+                 probe: Probe | None = None, here: Host | None = None, live: Liveness | None = None) -> bool:
+    """Abandoned: gone from this host, or on another host and older than ``older_than`` (SPEC §4).
+
+    ``live`` is the owner's liveness when the caller already has it.
+    """
+    live = live if live is not None else liveness(owner, probe, here)
     if live.alive is None:
         return now - begun > older_than
     return not live.alive

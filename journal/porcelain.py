@@ -131,6 +131,8 @@ def init(root: PathArg = None, *, from_journal: bool = False, store: str | None 
     if store == "postgresql":
         created += _to_postgresql(ws, config_path, dsn)
         ws = Workspace(r, load_config(r))
+    ws.check_store()              # on a network file system: refused before .sop/ is made (after a move to
+                                  # PostgreSQL, which is the way out, it passes)
     if ws.sheet.exists():
         if from_journal:
             raise UsageError(f"the Master Sheet exists: {ws.rel(ws.sheet)}",
@@ -704,6 +706,7 @@ def status(*, root: RootArg = None, older_than: str | timedelta = "24h", now: da
     """Open transactions with owners and liveness, the sheet's lock, the journal's health (read-only)."""
     now = clock(now)
     ws = open_workspace(root, env)
+    ws.check_store(write=False)   # read-only: a warning on a network file system
     ot = parse_duration(older_than)
     journal: dict[str, Any] = {"ok": True, "records": 0, "torn": None, "damage": None}
     owner_file = locks.owner_file(ws.sheet, stale_hours=ws.config.stale_owner_hours)

@@ -168,7 +168,7 @@ def recover(*, root: RootArg = None, dry_run: bool = False, older_than: str | ti
     session = Session(ws)
     out = RecoverResult(dry_run)
     rel = ws.rel
-    with session.locked() as w:
+    with session.locked(write=not dry_run) as w:
         if w.j.torn is not None:
             t = w.j.torn
             out.actions.append(Action("cut torn journal tail", done=not dry_run,

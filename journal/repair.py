@@ -245,7 +245,7 @@ def restore(txids: list[str] | None = None, *, sweep: str | None = None, dry_run
         steps = _sweep_steps(w, ws, view, sweep, items) if sweep else _lost_steps(w, ws, view, txids or None, items)
         return [] if dry_run else steps
 
-    txid, skipped = txn.run_plan(session, make, kind="restore", now=now, sleep=sleep,
+    txid, skipped = txn.run_plan(session, make, kind="restore", now=now, sleep=sleep, write=not dry_run,
                                  what=lambda steps: "rows were to be put back, so nothing was done")
     if txid is not None:
         with session.locked() as w:

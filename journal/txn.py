@@ -21,6 +21,10 @@ Mercurial's ``transaction.py``, the one undo routine lives here, and both
 * The redo of a sweep plan (:func:`execute_plan`, :func:`finish_plan`).
 * Liveness of a transaction's owner, as ``sop-status`` and recovery see it
   (:func:`info`).
+* Where the file store may write: every command that writes takes the
+  workspace lock or the sheet writer's lock through :class:`Session` first,
+  and that is where a workspace on a network or FUSE file system is refused
+  (:meth:`~journal.workspace.Workspace.check_store`), before anything changes.
 """
 
 from __future__ import annotations
@@ -55,13 +59,20 @@ def new_txid(now: datetime) -> str:
 
 def owner_record(o: Owner) -> dict[str, Any]:
     """An owner as the journal's ``begin`` and ``plan`` records hold it."""
-    return {"host": o.host, "pid": o.pid, "start": o.start, "boot": o.boot, "user": o.user}
+    return {"host": o.host, "pid": o.pid, "start": o.start, "boot": o.boot, "user": o.user,
+            "machine": o.machine, "pidns": o.pidns}
 
 
 def describe(tx: wal.TxState) -> str:
     """A transaction as refusals name it: id, state, owner and since when."""
     who = f"pid {tx.owner.pid} on {tx.owner.host}" if tx.owner else "unknown owner"
     return f"transaction {tx.txid} ({tx.state}, owner {who}, since {tx.begun_at})"
+
+
+def shared_note(ws: Workspace) -> str:
+    """The network file system that an allowed workspace lies on, for a Busy message ("" when local)."""
+    m = ws.check_store(write=False) if ws.config.allow_network_fs else None
+    return f"a network file system ({m.fstype} at {m.point})" if m is not None else ""
 
 
 # ---------------------------------------------------------------- the handle
@@ -79,18 +90,24 @@ class Session:
         self._j: wal.Loaded | None = None
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[wal.Writer]:
-        """Hold the workspace lock and give a journal writer over its current tail."""
-        with wal.hold(self.ws):
+    def locked(self, *, write: bool = True) -> Iterator[wal.Writer]:
+        """Hold the workspace lock and give a journal writer over its current tail.
+
+        ``write=False`` only reads (a dry run): a workspace the file store
+        refuses (:meth:`Workspace.check_store`) is then warned about, not refused.
+        """
+        self.ws.check_store(write=write)
+        with wal.hold(self.ws, shared=shared_note(self.ws)):
             j = wal.load(self.ws) if self._j is None else wal.refresh(self.ws, self._j)
             self._j = None                  # an error half-way: the next look loads afresh
             w = wal.Writer(self.ws, j)
             yield w
             self._j = w.j
 
-    def sheet_writer(self) -> contextlib.AbstractContextManager[None]:
+    def sheet_writer(self, *, write: bool = True) -> contextlib.AbstractContextManager[None]:
         """The sheet writer's lock: one process rewrites the Master Sheet at a time."""
-        return wal.hold(self.ws, "Master Sheet writer")
+        self.ws.check_store(write=write)
+        return wal.hold(self.ws, "Master Sheet writer", shared=shared_note(self.ws))
 
     def get(self, w: wal.Writer, txid: str) -> wal.TxState:
         """A run's state as the journal says now; NoSuchTransaction (exit 4) when there is none."""
@@ -184,7 +201,7 @@ def info(ws: Workspace, tx: wal.TxState, now: datetime, older_than: timedelta) -
     else:
         lv = liveness(owner)
         alive, why = lv.alive, lv.why
-        abandoned = is_abandoned(owner, wal.parse_time(tx.begun_at), now, older_than)
+        abandoned = is_abandoned(owner, wal.parse_time(tx.begun_at), now, older_than, live=lv)
     return TxInfo(tx.txid, tx.strategy, tx.run_id, tx.state,
                   owner_record(owner) if owner else None, abandoned, alive, why, tx.begun_at)
 
@@ -768,20 +785,21 @@ ROW_OPS = ("remove_row", "restore_row")
 def run_plan(session: Session, make: Callable[[wal.Writer], list[dict[str, Any]]], *, kind: str,
              now: datetime, sleep: Callable[[float], None] = time.sleep, progress: Progress | None = None,
              what: Callable[[list[dict[str, Any]]], str] | None = None,
-             extra: dict[str, Any] | None = None) -> tuple[str | None, dict[int, str]]:
+             extra: dict[str, Any] | None = None, write: bool = True) -> tuple[str | None, dict[int, str]]:
     """Plan under the locks, journal the plan, and carry it out: one transaction (a sweep, a release, a restore).
 
     ``make(w)`` looks at the workspace (the sheet writer's lock and the
     workspace lock held) and returns the steps; an empty plan journals
     nothing and returns no txid.  A plan with rows to change waits for a
     person to close the sheet, through ``[lock].retries`` attempts, then
-    raises SheetLocked having changed nothing.
+    raises SheetLocked having changed nothing.  ``write=False``: ``make``
+    returns no steps (a dry run), so the file store's check only warns.
     """
     ws = session.ws
     who: str | None = None
     steps: list[dict[str, Any]] = []
     for _ in attempts(ws, sleep):
-        with session.sheet_writer(), session.locked() as w:
+        with session.sheet_writer(write=write), session.locked(write=write) as w:
             steps = make(w)
             if any(s["op"] in ROW_OPS for s in steps):
                 who = sheet_locked_by(ws)

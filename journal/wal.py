@@ -179,12 +179,15 @@ def is_pg(ws: Workspace) -> bool:
     return ws.config.store == "postgresql"
 
 
-def hold(ws: Workspace, what: str = "workspace") -> contextlib.AbstractContextManager[None]:
-    """The workspace lock, or the sheet writer's (``what="Master Sheet writer"``), in the workspace's store."""
+def hold(ws: Workspace, what: str = "workspace", shared: str = "") -> contextlib.AbstractContextManager[None]:
+    """The workspace lock, or the sheet writer's (``what="Master Sheet writer"``), in the workspace's store.
+
+    ``shared``: the network file system an allowed file store lies on, for the Busy message.
+    """
     if is_pg(ws):
         return pgstore.hold(ws, what, ws.config.lock_timeout)
     path = ws.lock_path if what == "workspace" else ws.sheet_lock_path
-    return locks.hold(path, ws.config.lock_timeout, what)
+    return locks.hold(path, ws.config.lock_timeout, what, shared=shared)
 
 
 def segment_files(journal_dir: Path) -> list[Path]:

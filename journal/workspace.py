@@ -19,6 +19,10 @@ of the working directory that holds ``.sop/`` (as git finds ``.git/``).
                             and its decision (``<txid>.<pid>``), so that the
                             sheet's writer can wait a moment and write their
                             rows in the same rewrite (group commit)
+
+:meth:`Workspace.check_store` says whether the file store may write here:
+not when ``.sop/`` lies on a network or FUSE file system
+(:mod:`journal.fstype`), unless ``[journal] allow_network_fs``.
 """
 
 from __future__ import annotations
@@ -27,12 +31,16 @@ import json
 import math
 import os
 import tomllib
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, NoWorkspace
+
+if TYPE_CHECKING:
+    from .fstype import Mount
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "sheet": {"path": "backtests/Strategy_Master_Filter.xlsx", "worksheet": ""},
@@ -166,6 +174,11 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
     )
 
 
+STORE_FIX = ('Action: use the PostgreSQL store ([journal] store = "postgresql" in .sop/config.toml, see '
+             'sop-config(5)), or, when only one host ever writes this workspace, set [journal] '
+             'allow_network_fs = true.')
+
+
 @dataclass(frozen=True)
 class Workspace:
     """A workspace root, its settings and its paths."""
@@ -270,6 +283,36 @@ class Workspace:
             raise Refused(f"refusing to write the sweep report to {path}: {why}.",
                           detail="Action: pass --report with a path outside backtests/, runs/ and .sop/ "
                                  "(the default is outputs/logs/integrity_report.md), or fix [sweep] report.")
+
+    def check_store(self, *, write: bool = True) -> Mount | None:
+        """Refuse (UnsafeStore, exit 2) to write the file store on a network or FUSE file system.
+
+        There ``flock`` may be granted to every host at once and client
+        caches hide records other hosts appended (:mod:`journal.fstype`), so
+        two hosts would fork the journal.  Every command that writes passes
+        here before it changes anything: when it takes the workspace lock
+        or the sheet writer's lock (:class:`journal.txn.Session`), and in
+        ``sop init``.  ``write=False`` (a read-only command) warns instead
+        (:class:`~journal.errors.StoreWarning`).  Nothing is refused with
+        ``[journal] store = "postgresql"`` (the journal is not in ``.sop/``)
+        or ``allow_network_fs = true``.  Returns the network mount, if any;
+        after the first call for a workspace it costs a dictionary look-up.
+        """
+        from . import fstype
+        from .errors import StoreWarning, UnsafeStore
+        if self.config.store != "files":
+            return None
+        m = fstype.network_mount(self.sop_dir)
+        if m is None or self.config.allow_network_fs:
+            return m
+        what = f"{m.fstype} at {m.point}"
+        if write:
+            raise UnsafeStore(f"refusing to write: the workspace's .sop/ is on a network file system ({what}), "
+                              "where the file store's lock and journal cannot be trusted between hosts; nothing "
+                              "was changed", detail=STORE_FIX)
+        warnings.warn(StoreWarning(f".sop/ is on a network file system ({what}): commands that write are "
+                                   f"refused there. {STORE_FIX}"), stacklevel=2)
+        return m
 
     def rel(self, path: Path) -> str:
         """A path as shown in messages and the journal: relative to the root, ``/``-separated."""

@@ -27,20 +27,21 @@ from journal import wal, workspace
 TXID = "tx-20260301T120000Z-1a2b3c"
 BEGIN_DATA = {"strategy": "MA_Cross_10_50", "run_id": "20260301T120000Z-c92155",
               "owner": {"host": "ws1", "pid": 4242, "start": "81234", "boot": "6f1c2d4e-0b1a-4c1e-9f0e-2a7d5b3c8e91",
-                        "user": "ana"},
+                        "user": "ana", "machine": "3f9a6c2e8d1b4e7a9c0d5b2e6f1a8c4d", "pidns": "pid:[4026531836]"},
               "strategy_dir": "backtests/MA_Cross_10_50", "run_dir": "runs/20260301T120000Z-c92155"}
 LINE1 = (b'{"seq":1,"txid":"tx-20260301T120000Z-1a2b3c","type":"begin","time":"2026-03-01T12:00:00.123456Z",'
          b'"user":"ana","host":"ws1","pid":5120,'
          b'"prev":"0000000000000000000000000000000000000000000000000000000000000000",'
          b'"data":{"strategy":"MA_Cross_10_50","run_id":"20260301T120000Z-c92155",'
          b'"owner":{"host":"ws1","pid":4242,"start":"81234","boot":"6f1c2d4e-0b1a-4c1e-9f0e-2a7d5b3c8e91",'
-         b'"user":"ana"},"strategy_dir":"backtests/MA_Cross_10_50","run_dir":"runs/20260301T120000Z-c92155"},'
-         b'"sum":"39e4d3b4a96c4856e225183cbd6ea970f76884d39f518f3902fc874d9d278718"}\n')
+         b'"user":"ana","machine":"3f9a6c2e8d1b4e7a9c0d5b2e6f1a8c4d","pidns":"pid:[4026531836]"},'
+         b'"strategy_dir":"backtests/MA_Cross_10_50","run_dir":"runs/20260301T120000Z-c92155"},'
+         b'"sum":"c43f9de1a89cb9e0a685eda58e5b6ad7ba2251d2609419e9aef21b14b90c6912"}\n')
 LINE2 = (b'{"seq":2,"txid":"tx-20260301T120000Z-1a2b3c","type":"mkdir","time":"2026-03-01T12:00:00.123456Z",'
          b'"user":"ana","host":"ws1","pid":5120,'
-         b'"prev":"d55a5f2b79022448bf841a3a6bae207e80c649c8fe269ff92b684841e596d3ba",'
+         b'"prev":"d1bb77ff4cdb78fb794bb6352a6134a61ed6c37c142f809d5892afca4c251b14",'
          b'"data":{"path":"backtests/MA_Cross_10_50"},'
-         b'"sum":"52335706436e2e73fab57c235696bc6309ebc7978453b207a172c968e7420a5e"}\n')
+         b'"sum":"ad2cbd7bafe52c43818deafaee4a32c49226f0ece61d789c21e7836bff0f9ee2"}\n')
 MAN5 = ROOT / "man" / "sop-journal.5"
 
 
