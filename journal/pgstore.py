@@ -34,6 +34,8 @@ A writer refreshes its view by reading the records after the last one it
 knows, verifying each line's sum and chain.  Every
 ``$SOP_PG_CHECKPOINT_RECORDS`` records (10,000) the writer adds a
 checkpoint row, so loading reads one checkpoint and the records after it.
+Only the two newest checkpoints keep their ledger (the committed rows); an
+older one's is emptied, and a reader that needs it replays the records.
 
 Locks
 =====
@@ -487,15 +489,19 @@ def find_records(ws: Workspace, txids: Sequence[str] = (), strategy: str | None 
     return out
 
 
-def checkpoint_ledger(ws: Workspace, cp: Checkpoint) -> dict[str, ledger.Entry]:
-    """The committed rows as of checkpoint ``cp`` (kept in its row; cached per process)."""
+def checkpoint_ledger(ws: Workspace, cp: Checkpoint) -> dict[str, ledger.Entry] | None:
+    """The committed rows as of checkpoint ``cp`` (kept in its row; cached per process), or None.
+
+    None when that checkpoint's ledger was pruned (only the two newest keep
+    theirs) or does not decode: the caller replays the records instead.
+    """
     key = (dsn_of(ws), cp.seq)
     rows = _ledgers.get(key)
     if rows is None:
         got = _query(connection(ws), "SELECT ledger FROM sop_checkpoint WHERE seq = %s", (cp.seq,)).fetchone()
         rows = ledger.decode(bytes(got[0]), cp.seq, cp.hash) if got is not None else None
         if rows is None:
-            raise _damage(f"the checkpoint at record {cp.seq} holds no readable ledger")
+            return None
         _ledgers.clear()
         _ledgers[key] = rows
     return dict(rows)
@@ -541,8 +547,11 @@ def write_checkpoint(ws: Workspace, j: Loaded, rows: dict[str, ledger.Entry]) ->
     """Record the open transactions and the ledger as of ``j.seq``, so loading starts there."""
     open_states = {k: v for k, v in j.states.items() if v.state in OPEN_STATES}
     cp = Checkpoint(seq=j.seq, hash=j.hash, open=open_states)
-    _query(connection(ws), "INSERT INTO sop_checkpoint VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+    conn = connection(ws)
+    _query(conn, "INSERT INTO sop_checkpoint VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
            (cp.seq, cp.hash, msgspec.json.encode(cp), ledger.encode(rows, cp.seq, cp.hash)))
+    _query(conn, "UPDATE sop_checkpoint SET ledger = ''::bytea WHERE seq < (SELECT min(seq) FROM (SELECT seq FROM "
+                 "sop_checkpoint ORDER BY seq DESC LIMIT 2) AS newest) AND length(ledger) > 0")
     _ledgers.clear()
     _ledgers[(dsn_of(ws), cp.seq)] = dict(rows)
     return cp

@@ -404,7 +404,7 @@ def committed_rows(ws: Workspace, j: Loaded) -> dict[str, ledger.Entry]:
             full.apply(rec)
         for op in full.ledger_ops:
             ledger.apply_op(rows, op)
-        if cp is not None:
+        if cp is not None and not is_pg(ws):
             try:                                        # derived data, like the index cache: saves the next replay
                 ledger.write(ws.sop_dir, rows, cp.seq, cp.hash)
             except OSError:

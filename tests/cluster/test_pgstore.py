@@ -354,3 +354,30 @@ def test_one_database_one_workspace(tmp_path: Path, pg_db: str) -> None:
     assert "is not this workspace's" in r.stdout + r.stderr
     r = sop_here(a, "sop-begin", "--strategy", "x", "--owner-pid", str(os.getpid()), code=5)
     assert not (a / "backtests" / "x").exists()
+
+
+def test_checkpoints_keep_loading_short_and_the_ledger_exact(tmp_path: Path, pg_db: str) -> None:
+    """Every few records a checkpoint row: a writer starts there, old ledgers are pruned, fsck checks them all."""
+    ws = make_ws(tmp_path, pg_db)
+    import subprocess
+    env = {**env_for(ws), "SOP_PG_CHECKPOINT_RECORDS": "7"}
+    for i in range(6):
+        r = subprocess.run(run_cmd(f"cp{i}"), env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    import psycopg
+    with psycopg.connect(pg_db) as c:
+        cps = c.execute("SELECT seq, length(ledger) FROM sop_checkpoint ORDER BY seq").fetchall()
+    assert len(cps) >= 4, cps
+    assert all(n == 0 for _, n in cps[:-2]) and all(n > 0 for _, n in cps[-2:]), cps
+    assert [s for s, _ in sheet_rows(ws)] == [f"cp{i}" for i in range(6)]
+    fsck = json.loads(sop_here(ws, "sop-fsck", "--json").stdout)
+    assert fsck["ok"] and fsck["checkpoint"]["checkpoints"] == len(cps)
+    # the ledger as a writer sees it (newest checkpoint + records after it) holds every committed row
+    st = json.loads(sop_here(ws, "sop-status", "--json").stdout)
+    assert st["sheet"]["lost_rows"] == 0
+    path = ws / "backtests" / "Strategy_Master_Filter.xlsx"      # a row lost by hand is found through the ledger
+    wb = openpyxl.load_workbook(path)
+    wb.worksheets[0].delete_rows(2)
+    wb.save(path)
+    st = json.loads(sop_here(ws, "sop-status", "--json").stdout)
+    assert st["sheet"]["lost_rows"] == 1, st["sheet"]
