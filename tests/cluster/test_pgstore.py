@@ -381,3 +381,27 @@ def test_checkpoints_keep_loading_short_and_the_ledger_exact(tmp_path: Path, pg_
     wb.save(path)
     st = json.loads(sop_here(ws, "sop-status", "--json").stdout)
     assert st["sheet"]["lost_rows"] == 1, st["sheet"]
+
+
+def test_bad_store_settings_are_one_clear_error_and_change_nothing(tmp_path: Path, pg_db: str) -> None:
+    """No dsn, a server that is not there, an empty database: exit 2, 6 and 5, each naming the fix."""
+    ws = make_ws(tmp_path, pg_db)
+    before = sorted(str(p.relative_to(ws)) for p in ws.rglob("*"))
+    cfg = ws / ".sop" / "config.toml"
+    good = cfg.read_text()
+    cases = [
+        ('dsn = ""', 2, "needs a connection string"),
+        (f'dsn = "host={tmp_path}/nowhere dbname=x connect_timeout=2"', 6, "cannot be reached"),
+        (f'dsn = "{pg_db.replace(pg_db.split("dbname=")[1].split()[0], "postgres")}"', 5, "holds no sop journal"),
+    ]
+    for line, code, words in cases:
+        cfg.write_text("\n".join(line if ln.startswith("dsn =") else ln for ln in good.splitlines()) + "\n")
+        r = sop_here(ws, "sop-begin", "--strategy", "x", "--owner-pid", str(os.getpid()), code=code)
+        assert words in r.stderr, (line, r.stderr)
+        assert "password" not in r.stderr
+        assert sorted(str(p.relative_to(ws)) for p in ws.rglob("*")) == before
+    cfg.write_text(good)
+    r = sop_here(ws, "sop-init", "--dsn", pg_db, code=2)
+    assert "--dsn goes with --store postgresql" in r.stderr
+    r = sop_here(ws, "sop-init", "--store", "files", code=2)
+    assert "does not move it back" in r.stderr
