@@ -412,7 +412,7 @@ def load(ws: Workspace) -> Loaded:
             raise _damage(f"the checkpoint at record {seq} does not match the record there")
         cp = msgspec.json.decode(bytes(body), type=Checkpoint)
         out.checkpoint = cp
-        out.seq, out.hash = cp.seq, cp.hash
+        out.seq, out.hash, out.sheet_fp = cp.seq, cp.hash, cp.sheet_fp
         out.states = {k: msgspec.structs.replace(v) for k, v in cp.open.items()}
     rows = _query(conn, "SELECT seq, line FROM sop_journal WHERE seq > %s ORDER BY seq", (out.seq,))
     out.seq, out.hash = _replay(iter(rows), out.seq, out.hash, out.apply)
@@ -426,7 +426,7 @@ def refresh(ws: Workspace, j: Loaded) -> Loaded:
     if not rows:
         return j
     out = Loaded(seq=j.seq, hash=j.hash, states=dict(j.states), checkpoint=j.checkpoint,
-                 ledger_ops=list(j.ledger_ops))
+                 ledger_ops=list(j.ledger_ops), sheet_fp=j.sheet_fp)
     touched: set[str] = set()
 
     def on_record(rec: Record) -> None:
@@ -546,7 +546,7 @@ def checkpoint_due(j: Loaded) -> bool:
 def write_checkpoint(ws: Workspace, j: Loaded, rows: dict[str, ledger.Entry]) -> Checkpoint:
     """Record the open transactions and the ledger as of ``j.seq``, so loading starts there."""
     open_states = {k: v for k, v in j.states.items() if v.state in OPEN_STATES}
-    cp = Checkpoint(seq=j.seq, hash=j.hash, open=open_states)
+    cp = Checkpoint(seq=j.seq, hash=j.hash, open=open_states, sheet_fp=j.sheet_fp)
     conn = connection(ws)
     _query(conn, "INSERT INTO sop_checkpoint VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
            (cp.seq, cp.hash, msgspec.json.encode(cp), ledger.encode(rows, cp.seq, cp.hash)))

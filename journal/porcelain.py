@@ -499,6 +499,10 @@ def commit(txid: str, *, defer_on_lock: bool = False, root: RootArg = None, now:
         if number is None:
             raise
         return CommitResult(txid, tx.strategy, tx.run_id, "committed", row=number)
+    if txid in result.blocked and result.stale:      # the sheet cannot be trusted now: exit 5, the decision kept
+        raise SheetDamaged(f"the row of {txid} was not written: {result.stale}",
+                           detail=f"The commit decision is on record: {txid} stays committing, and "
+                                  "'sop-recover' writes its row once the sheet holds the rows sop wrote last.")
     if txid in result.blocked:
         raise Refused(f"the row of {txid} cannot be stored: {result.blocked[txid]}",
                       detail="The commit decision is on record. Fix the sheet's column, then 'sop-commit "

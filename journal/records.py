@@ -85,6 +85,7 @@ class Checkpoint(msgspec.Struct, kw_only=True):
     hash: str = GENESIS
     segments: list[Segment] = []
     open: dict[str, TxState] = {}
+    sheet_fp: str = ""                      # the Master Sheet's fingerprint as sop last wrote it ("" unknown)
 
 
 encode = msgspec.json.Encoder().encode
@@ -210,10 +211,14 @@ class Loaded:
     checkpoint: Checkpoint | None = None
     active_id: tuple[int, int] = (0, 0)                        # (device, inode) of the active segment
     ledger_ops: list[ledger.Op] = field(default_factory=list)  # what records since the checkpoint did to it
+    sheet_fp: str = ""                 # the fingerprint of the sheet sop wrote last (a record's sheet_fp), "" unknown
 
     def apply(self, rec: Record) -> None:
-        """Replay one record: the transaction's state, and the ledger of committed rows."""
+        """Replay one record: the transaction's state, the sheet's last fingerprint, and the ledger."""
         apply(self.states, rec)
+        fp = rec.data.get("sheet_fp")
+        if fp and isinstance(fp, str):
+            self.sheet_fp = fp
         if rec.type not in ledger.TYPES:
             return                                  # most records (begin, mkdir, decide, ...) leave it alone
         tx = self.states.get(rec.txid)

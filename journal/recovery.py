@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from . import fsops, names, sheet, txn, wal
-from .errors import IOFailure, Refused, SheetLocked, SopError
+from .errors import IOFailure, Refused, SheetDamaged, SheetLocked, SopError
 from .owner import pid_running
 from .render import NOT_JSON
 from .states import DECIDED_STATES
@@ -236,7 +236,7 @@ def recover(*, root: RootArg = None, dry_run: bool = False, older_than: str | ti
                 if a.txid in fr.blocked:
                     a.detail = f"needs a person: {fr.blocked[a.txid]}"
                     out.failed.append(a.txid)
-                    out.causes.append(Refused(fr.blocked[a.txid]))
+                    out.causes.append(SheetDamaged(fr.blocked[a.txid]) if fr.stale else Refused(fr.blocked[a.txid]))
                 elif not a.done and fr.locked_by:
                     a.detail = f"waiting: the Master Sheet is locked by {fr.locked_by}"
             out.waiting_for_sheet = fr.locked_by or out.waiting_for_sheet

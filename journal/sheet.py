@@ -397,6 +397,79 @@ def _extended(old: SheetView, numbers: list[int], strategies: list[str],
 
 _U64 = (1 << 64) - 1
 
+_EOCD = b"PK\x05\x06"                 # end of central directory record
+_EOCD64_LOCATOR = b"PK\x06\x07"
+_EOCD64 = b"PK\x06\x06"
+_TAIL = 22 + 0xFFFF                    # the end record and the longest zip comment
+
+
+def fingerprint(path: Path, expect: os.stat_result | None = None) -> str:
+    """A workbook version's identity by content: SHA-256 (hex) of its zip central directory and end record.
+
+    The central directory holds every member's name, CRC-32, sizes and offset, so two files with
+    the same directory hold the same bytes (short of a CRC collision in every changed member),
+    whatever their inode or mtime, and any save changes it.  It is read from the end of the file:
+    a few hundred bytes for a workbook, however many rows it has.  A file whose end is not a zip
+    end record is fingerprinted by its size and last 64 KiB (a reader refuses it anyway).
+
+    ``expect``: the stat of the file just written (:func:`journal.fsops.atomic_write`'s hook);
+    when the file at ``path`` is not that one (another program replaced it meanwhile), "" (not
+    known) is returned, never the fingerprint of a file sop did not write; so is it for a file
+    that cannot be read.
+    """
+    try:
+        return _fingerprint(path, expect)
+    except OSError:
+        return ""
+
+
+def _fingerprint(path: Path, expect: os.stat_result | None) -> str:
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if expect is not None and (st.st_size, st.st_mtime_ns, st.st_ino) != (
+                expect.st_size, expect.st_mtime_ns, expect.st_ino):
+            return ""
+        size = st.st_size
+        start = max(0, size - _TAIL)
+        f.seek(start)
+        tail = f.read()
+        at = tail.rfind(_EOCD)
+        while at >= 0 and at + 22 + int.from_bytes(tail[at + 20:at + 22], "little") != len(tail):
+            at = tail.rfind(_EOCD, 0, at)          # the signature's bytes inside the comment: look further back
+        h = hashlib.sha256()
+        if at < 0:
+            h.update(b"no-zip-end %d " % size)
+            h.update(tail[-65536:])
+            return h.hexdigest()
+        end = tail[at:]
+        cd_size = int.from_bytes(end[12:16], "little")
+        cd_off = int.from_bytes(end[16:20], "little")
+        loc = at - 20
+        if (cd_size == 0xFFFFFFFF or cd_off == 0xFFFFFFFF) and loc >= 0 and tail[loc:loc + 4] == _EOCD64_LOCATOR:
+            f.seek(int.from_bytes(tail[loc + 8:loc + 16], "little"))
+            rec = f.read(56)
+            if rec[:4] == _EOCD64:
+                cd_size = int.from_bytes(rec[40:48], "little")
+                cd_off = int.from_bytes(rec[48:56], "little")
+                end = rec + end
+        if 0 <= cd_off and cd_off + cd_size <= start + at:
+            if cd_off >= start:
+                cd = tail[cd_off - start:cd_off - start + cd_size]
+            else:
+                f.seek(cd_off)
+                cd = f.read(cd_size)
+            h.update(cd)
+        h.update(end)
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a write of the sheet did: the appended rows' numbers, and the new file's fingerprint ("" unknown)."""
+
+    numbers: list[int]
+    fp: str
+
 
 def _stamp(path: Path, st: os.stat_result | None = None) -> list[int]:
     """What identifies one version of the sheet: a save by anyone makes a new inode or mtime.
@@ -593,8 +666,8 @@ def check_writable(ws: Workspace, count: int = 1, *, rows: list[dict[str, Any]] 
         _save_index(ws, view)
 
 
-def append(ws: Workspace, rows: list[dict[str, Any]], view: SheetView | None = None) -> list[int]:
-    """Append rows given by header name; returns their Excel row numbers.
+def append(ws: Workspace, rows: list[dict[str, Any]], view: SheetView | None = None) -> Written:
+    """Append rows given by header name; returns their Excel row numbers and the new file's fingerprint.
 
     The index of the new file (old index plus the new rows, keyed on the
     stat of the bytes just written) is cached before the file takes the
@@ -612,7 +685,10 @@ def append(ws: Workspace, rows: list[dict[str, Any]], view: SheetView | None = N
     sc, rc = view.columns[STRATEGY], view.columns[RUNID]
     old = view
 
+    new_stat: list[os.stat_result] = []
+
     def cache_new_index(numbers: list[int], st: os.stat_result, layout: xlsx.Layout | None) -> None:
+        new_stat.append(st)
         if not old.stamp or _stamp(path) != old.stamp:
             return                  # the sheet was saved by someone else meanwhile: let the next read parse it
         strategies = [names.cell_text(c.get(sc)) for c in cells]
@@ -628,15 +704,16 @@ def append(ws: Workspace, rows: list[dict[str, Any]], view: SheetView | None = N
     layout = x.Layout.from_list(view.layout) if view.layout else None
     numbers: list[int] = x.append_rows(path, ws.config.worksheet or None, cells, cache_new_index,
                                        layout=layout, checked=view.stamp if view.writable else None)
-    return numbers
+    return Written(numbers, fingerprint(path, new_stat[-1] if new_stat else None))
 
 
-def remove(ws: Workspace, numbers: list[int]) -> None:
+def remove(ws: Workspace, numbers: list[int]) -> str:
     """Remove rows by Excel row number in one rewrite (Excel's Delete Row: the rows below move up).
 
-    A PermissionError (the file is open elsewhere on Windows) propagates.
+    Returns the new file's fingerprint.  A PermissionError (the file is open elsewhere on Windows) propagates.
     """
     _x().remove_rows(ws.sheet, ws.config.worksheet or None, sorted(set(numbers)))
+    return fingerprint(ws.sheet)
 
 
 def create(path: Path, headers: list[str] | None = None) -> None:

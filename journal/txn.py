@@ -250,6 +250,47 @@ class FlushResult:
     committed: list[str]
     locked_by: str | None
     blocked: dict[str, str] = field(default_factory=dict)   # txid -> why its row cannot be stored now
+    stale: str = ""         # why every waiting row was held back: the sheet on disk lacks the rows sop wrote last
+
+
+STALE_FIRST_WAIT = 0.25     # the first pause before reading a stale-looking sheet again; doubled each time
+
+
+def stale_wait(ws: Workspace) -> float:
+    """How long a sheet writer reads a sheet that lacks sop's last rows again before it gives up.
+
+    ``[lock].timeout_seconds`` (30 by default): a network file system's client cache (sshfs,
+    GlusterFS) was seen serving an older copy for up to ~20 s after another host replaced it.
+    """
+    return max(0.0, ws.config.lock_timeout)
+
+
+def stale_copy(ws: Workspace, j: wal.Loaded, view: sheet.SheetView, fp: str) -> LostReport | None:
+    """Whether the sheet read is older than the one sop wrote last; None when it may be written.
+
+    Only when the file's fingerprint is not the one journaled by sop's last write (``fp`` vs
+    :attr:`journal.wal.Loaded.sheet_fp`; nothing on record, as in a journal from before
+    fingerprints: no check) is the view compared with the ledger: the file was replaced since (a
+    save by Excel, or a stale copy served by a network cache).  It is a stale copy when rows sop
+    wrote are missing and they are the newest ones (:func:`journal.ledger.find_lost`'s stale-save
+    classification).  A save that kept sop's rows, or lost only older ones (a row deleted by
+    hand), may be written as before.
+    """
+    if not j.sheet_fp or fp == j.sheet_fp:
+        return None
+    lost, _rows = lost_rows(ws, j, view)
+    if not lost.rows or not lost.stale_save:
+        return None
+    return lost_report(ws, lost)
+
+
+def stale_message(ws: Workspace, report: LostReport, waited: float) -> str:
+    """Why the decided rows wait: the cause, what sop did about it, and the way back."""
+    return (f"the Master Sheet on disk lacks the rows sop wrote last (a stale save, or a stale network cache "
+            f"serving an older copy): it is not the file sop wrote last, and it still lacked them after "
+            f"{waited:.0f} s of reading it again; the decided rows wait, nothing was written over it. "
+            f"{report.message} If another host wrote the sheet a moment ago, wait and run 'sop-recover'; "
+            f"after 'sop-restore' (or 'sop-sweep --fix --accept-sheet') 'sop-recover' writes the waiting rows.")
 
 
 def flush(session: Session, *, want: str | None = None, now: datetime | None = None,
@@ -258,6 +299,15 @@ def flush(session: Session, *, want: str | None = None, now: datetime | None = N
 
     Tries ``[lock].retries`` times while a person holds the sheet open, with
     doubling backoff.  Returns with ``locked_by`` set when it stayed locked.
+
+    Before it writes, holding the sheet writer's lock, it compares the file's
+    fingerprint with the one journaled by sop's last write of the sheet
+    (:func:`stale_copy`).  A file that lacks the rows sop wrote last is read
+    again, after 0.25 s, then twice as long each time, pausing
+    :func:`stale_wait` seconds in all (a network cache expires; the workspace
+    lock is let go meanwhile); if the rows never show, nothing is written: every
+    waiting row is in ``blocked`` and ``stale`` says why.  Each ``committed``
+    record of a write carries the new file's fingerprint (``sheet_fp``).
     """
     ws = session.ws
     now = clock(now)
@@ -267,59 +317,75 @@ def flush(session: Session, *, want: str | None = None, now: datetime | None = N
     for _ in attempts(ws, sleep, tries):
         with session.sheet_writer():
             gather(ws, sleep)
-            with session.locked() as w:
-                mine = w.states.get(want) if want is not None else None
-                if mine is not None and mine.state == "committed":
-                    return FlushResult(w.states, committed, None)
-                waiting = [t for t in w.j.open_transactions() if t.state in DECIDED_STATES]
-                if not waiting:
-                    return FlushResult(w.states, committed, None)
-                view = sheet.read(ws)
-                todo: list[wal.TxState] = []
-                blocked: dict[str, str] = {}
-                for t in waiting:
-                    present = view.run_rows(t.run_id)
-                    if present and names.key(present[0].strategy) == names.key(t.strategy):
-                        w.append(t.txid, "committed", {"row_number": present[0].number}, now=now)
-                        committed.append(t.txid)        # redo: the row is already there
-                        continue
-                    taken = present or view.strategy_rows(t.strategy)
-                    if taken:                           # a person's row is in the way: never a second row
-                        r = taken[0]
-                        blocked[t.txid] = (f"row {r.number} holds strategy '{r.strategy}', run {r.run_id} (typed "
-                                           f"or restored since {t.txid} was decided); remove that row (or "
-                                           f"'sop-release {r.strategy}') and run 'sop-recover', or "
-                                           f"'sop-abort {t.txid}'")
-                        continue
-                    try:                                # a column added since its gate may not take a value:
-                        sheet.check_row(view, t.row or {})   # that row waits; it never blocks the others
-                    except Refused as e:
-                        blocked[t.txid] = e.message
-                        continue
-                    todo.append(t)
-                states = w.states
-                if not todo:
-                    return FlushResult(states, committed, None, blocked)
-                locked_by = sheet_locked_by(ws)
-                if locked_by is not None:
-                    continue
-                for t in todo:
-                    w.append(t.txid, "append", {"row": t.row, "sheet": ws.rel(ws.sheet)}, now=now)
-                w.anchor()
-            if todo:
-                try:
-                    numbers = sheet.append(ws, [t.row or {} for t in todo], view)
-                except PermissionError as e:
-                    locked_by = f"another program ({e.strerror})"
-                    continue
-                except SheetDamaged as e:               # the writer refuses this sheet: each row waits for a person
-                    why = f"{e.message} {e.detail or ''}".strip()
-                    return FlushResult(states, committed, None, {**blocked, **{t.txid: why for t in todo}})
+            pause = waited = 0.0
+            while True:
+                if pause:
+                    sleep(pause)
                 with session.locked() as w:
-                    for t, n in zip(todo, numbers, strict=True):
-                        w.append(t.txid, "committed", {"row_number": n}, now=now)
-                        committed.append(t.txid)
+                    mine = w.states.get(want) if want is not None else None
+                    if mine is not None and mine.state == "committed":
+                        return FlushResult(w.states, committed, None)
+                    waiting = [t for t in w.j.open_transactions() if t.state in DECIDED_STATES]
+                    if not waiting:
+                        return FlushResult(w.states, committed, None)
+                    fp = sheet.fingerprint(ws.sheet) if w.j.sheet_fp else ""
+                    view = sheet.read(ws)
+                    stale = stale_copy(ws, w.j, view, fp)
+                    if stale is not None:
+                        bound = stale_wait(ws)
+                        if waited < bound:              # a cache expires: read it again, letting others in
+                            pause = min(bound - waited, pause * 2 if pause else STALE_FIRST_WAIT)
+                            waited += pause
+                            continue
+                        why = stale_message(ws, stale, waited)
+                        return FlushResult(w.states, committed, None, {t.txid: why for t in waiting}, why)
+                    todo: list[wal.TxState] = []
+                    blocked: dict[str, str] = {}
+                    for t in waiting:
+                        present = view.run_rows(t.run_id)
+                        if present and names.key(present[0].strategy) == names.key(t.strategy):
+                            w.append(t.txid, "committed", {"row_number": present[0].number}, now=now)
+                            committed.append(t.txid)        # redo: the row is already there
+                            continue
+                        taken = present or view.strategy_rows(t.strategy)
+                        if taken:                           # a person's row is in the way: never a second row
+                            r = taken[0]
+                            blocked[t.txid] = (f"row {r.number} holds strategy '{r.strategy}', run {r.run_id} "
+                                               f"(typed or restored since {t.txid} was decided); remove that row "
+                                               f"(or 'sop-release {r.strategy}') and run 'sop-recover', or "
+                                               f"'sop-abort {t.txid}'")
+                            continue
+                        try:                                # a column added since its gate may not take a value:
+                            sheet.check_row(view, t.row or {})   # that row waits; it never blocks the others
+                        except Refused as e:
+                            blocked[t.txid] = e.message
+                            continue
+                        todo.append(t)
                     states = w.states
+                    if not todo:
+                        return FlushResult(states, committed, None, blocked)
+                    locked_by = sheet_locked_by(ws)
+                    if locked_by is None:
+                        for t in todo:
+                            w.append(t.txid, "append", {"row": t.row, "sheet": ws.rel(ws.sheet)}, now=now)
+                        w.anchor()
+                break
+            if locked_by is not None:
+                continue
+            try:
+                out = sheet.append(ws, [t.row or {} for t in todo], view)
+            except PermissionError as e:
+                locked_by = f"another program ({e.strerror})"
+                continue
+            except SheetDamaged as e:                   # the writer refuses this sheet: each row waits for a person
+                why = f"{e.message} {e.detail or ''}".strip()
+                return FlushResult(states, committed, None, {**blocked, **{t.txid: why for t in todo}})
+            with session.locked() as w:
+                for t, n in zip(todo, out.numbers, strict=True):
+                    w.append(t.txid, "committed", {"row_number": n, **({"sheet_fp": out.fp} if out.fp else {})},
+                             now=now)
+                    committed.append(t.txid)
+                states = w.states
             return FlushResult(states, committed, None, blocked)
     return FlushResult(states, committed, locked_by)
 
@@ -547,6 +613,7 @@ def execute_plan(w: wal.Writer, txid: str, now: datetime, progress: Progress | N
     for i, s in back:
         _folder_step(w, txid, i, s, announced_ren, done_before, None, set(), skipped, now)
     present: tuple[set[str], set[str]] | None = None
+    fp = ""                                   # the sheet's fingerprint after this plan rewrote it, for ``done``
     row_steps = [(i, s) for i, s in enumerate(steps) if s.get("op") == "remove_row"]
     if row_steps:
         full = sheet.read(ws, all_columns=True)
@@ -568,7 +635,7 @@ def execute_plan(w: wal.Writer, txid: str, now: datetime, progress: Progress | N
             tick("removing rows", 0, len(numbers))
             w.anchor()
             try:
-                sheet.remove(ws, sorted(set(numbers)))
+                fp = sheet.remove(ws, sorted(set(numbers)))
             except PermissionError as e:
                 raise SheetLocked(f"the Master Sheet could not be written ({e.strerror}); {txid} is unfinished",
                                   detail=f"Close the sheet, then run 'sop-recover' to finish {txid}.") from None
@@ -579,7 +646,7 @@ def execute_plan(w: wal.Writer, txid: str, now: datetime, progress: Progress | N
             present = present_keys(full)
     restore = [(i, s) for i, s in enumerate(steps) if s.get("op") == "restore_row"]
     if restore:
-        present = _restore_rows(w, txid, restore, skipped, now)
+        present, fp = _restore_rows(w, txid, restore, skipped, now, fp)
         for i, s in restore:
             if i in skipped:                     # the row could not come back: its folders go back to quarantine
                 _requarantine(w, txid, s, now)
@@ -598,7 +665,8 @@ def execute_plan(w: wal.Writer, txid: str, now: datetime, progress: Progress | N
             kind = "lost_accepted" if s["op"] == "accept_lost" else "released"
             w.append(txid, kind, {"step": i, "txid": s.get("txid", ""), "strategy": s.get("strategy", ""),
                                   "run_id": s.get("run_id", ""), "moved": moved, "deleted": deleted}, now=now)
-    w.append(txid, "done", {"steps": len(steps), "skipped": {str(k): v for k, v in skipped.items()}}, now=now)
+    w.append(txid, "done", {"steps": len(steps), "skipped": {str(k): v for k, v in skipped.items()},
+                            **({"sheet_fp": fp} if fp else {})}, now=now)
     return skipped
 
 
@@ -671,8 +739,11 @@ def _requarantine(w: wal.Writer, txid: str, s: dict[str, Any], now: datetime) ->
 
 
 def _restore_rows(w: wal.Writer, txid: str, restore: list[tuple[int, dict[str, Any]]], skipped: dict[int, str],
-                  now: datetime) -> tuple[set[str], set[str]]:
-    """Put rows back from the journal (``sop-restore``) in one rewrite; a row already there is only recorded."""
+                  now: datetime, fp: str = "") -> tuple[tuple[set[str], set[str]], str]:
+    """Put rows back from the journal (``sop-restore``) in one rewrite; a row already there is only recorded.
+
+    Returns the keys on the sheet after it, and the sheet's fingerprint when it rewrote it (else ``fp``).
+    """
     ws = w.ws
     view = sheet.read(ws)
     todo: list[tuple[int, dict[str, Any]]] = []
@@ -698,15 +769,17 @@ def _restore_rows(w: wal.Writer, txid: str, restore: list[tuple[int, dict[str, A
             w.append(txid, "append", {"step": i, "row": s["row"], "sheet": ws.rel(ws.sheet)}, now=now)
         w.anchor()
         try:
-            numbers = sheet.append(ws, [s["row"] for _, s in todo], view)
+            out = sheet.append(ws, [s["row"] for _, s in todo], view)
         except PermissionError as e:
             raise SheetLocked(f"the Master Sheet could not be written ({e.strerror}); {txid} is unfinished",
                               detail=f"Close the sheet, then run 'sop-recover' to finish {txid}.") from None
-        for (i, s), n in zip(todo, numbers, strict=True):
+        fp = out.fp
+        for (i, s), n in zip(todo, out.numbers, strict=True):
             w.append(txid, "restored", {"step": i, "txid": s.get("txid", ""), "strategy": s["strategy"],
-                                        "run_id": s["run_id"], "row_number": n}, now=now)
+                                        "run_id": s["run_id"], "row_number": n, **({"sheet_fp": fp} if fp else {})},
+                     now=now)
         view = sheet.read(ws)
-    return present_keys(view)
+    return present_keys(view), fp
 
 
 def rows_pending(ws: Workspace, steps: Iterable[dict[str, Any]]) -> bool:

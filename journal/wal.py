@@ -51,7 +51,7 @@ Checkpoint
 
     {"version":1,"seq":N,"hash":"<hash of record N's line>",
      "segments":[{"name":…,"first":…,"last":…,"bytes":…,"sha256":…}],
-     "open":{"<txid>":{…transaction state…}}}
+     "open":{"<txid>":{…transaction state…}},"sheet_fp":"<64 hex or empty>"}
 
 It covers every sealed segment, records a digest of each, and the state of
 each transaction still open at its end, so a writer reads the checkpoint and
@@ -111,21 +111,28 @@ mkdir         (unchanged)                 path — before the folder is created
 decide        committing                  row — the commit decision and its row
 defer         deferred                    locked_by, reason
 append        (unchanged)                 row, sheet — before the row is written
-committed     committed                   row_number
+committed     committed                   row_number, sheet_fp — sheet_fp after a write
 rollback      aborting                    reason, delete — the rollback decision
 rename        (unchanged)                 src, dst — before the rename
 delete        (unchanged)                 path, files [[name, size], …] — before
 remove_row    (unchanged)                 row_number, values — before removal
 aborted       aborted                     —
 plan          planned (sweeps)            steps — a sweep's (release's, restore's) whole plan
-done          committed                   — a sweep finished
+done          committed                   sheet_fp — a sweep finished
 adopt         committed                   row_number, reason — recovery found a begun run's row
-restored      (unchanged)                 step, txid, strategy, run_id, row_number — a lost row put back
+restored      (unchanged)                 step, txid, strategy, run_id, row_number, sheet_fp — a lost row put back
 lost_accepted (unchanged)                 step, txid, strategy, run_id, moved, deleted — a loss accepted
 released      (unchanged)                 step, txid, strategy, run_id, moved, deleted — a slot freed
 abandon       aborted                     reason, steps — a plan given up, the rest left undone
 tail_cut      —                           segment, offset, bytes, kept
 ============  ==========================  =====================================
+
+``sheet_fp`` (in ``committed``, ``restored`` and ``done``, only when that
+act rewrote the Master Sheet) is the fingerprint of the workbook sop wrote:
+the SHA-256 (hex) of its zip central directory and end-of-central-directory
+record (see :func:`journal.sheet.fingerprint`).  The newest one is
+:attr:`Loaded.sheet_fp`, carried by the checkpoint; a sheet writer compares
+the file with it before it writes (see :func:`journal.txn.flush`).
 """
 
 from __future__ import annotations
@@ -316,7 +323,7 @@ def load(ws: Workspace) -> Loaded:
     cp = _load_checkpoint(ws, segs)
     out = Loaded(checkpoint=cp)
     if cp is not None:
-        out.seq, out.hash = cp.seq, cp.hash
+        out.seq, out.hash, out.sheet_fp = cp.seq, cp.hash, cp.sheet_fp
         out.states = {k: msgspec.structs.replace(v) for k, v in cp.open.items()}
         covered = {s.name for s in cp.segments}
         rest = [p for p in segs if p.name not in covered]
@@ -369,7 +376,7 @@ def refresh(ws: Workspace, j: Loaded) -> Loaded:
         data = f.read()
     out = Loaded(seq=j.seq, hash=j.hash, active=j.active, active_bytes=j.active_bytes + len(data),
                  states=dict(j.states), checkpoint=j.checkpoint, active_id=j.active_id,
-                 ledger_ops=list(j.ledger_ops))
+                 ledger_ops=list(j.ledger_ops), sheet_fp=j.sheet_fp)
     touched: set[str] = set()
 
     def on_record(rec: Record) -> None:
@@ -791,7 +798,8 @@ class Writer:
                                 bytes=len(data), sha256=digest))
             indexes.append(build_index(p.name, data, digest))
         open_states = {k: v for k, v in self.j.states.items() if v.state in OPEN_STATES}
-        new = Checkpoint(seq=self.j.seq, hash=self.j.hash, segments=segs, open=open_states)
+        new = Checkpoint(seq=self.j.seq, hash=self.j.hash, segments=segs, open=open_states,
+                         sheet_fp=self.j.sheet_fp)
         ledger.write(self.ws.sop_dir, committed_rows(self.ws, self.j), self.j.seq, self.j.hash)
         fsops.atomic_write(self.ws.checkpoint_path, msgspec.json.encode(new))
         self.anchor()

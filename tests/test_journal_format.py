@@ -118,7 +118,9 @@ def test_segments_checkpoint_and_index_formats(tmp_path: Path, monkeypatch: pyte
     for p in segs[:-1]:
         assert p.stat().st_size >= 1000                     # rotated only after passing SEGMENT_BYTES
     cp = json.loads(ws.checkpoint_path.read_bytes())
-    assert list(cp) == ["version", "seq", "hash", "segments", "open"] and cp["version"] == 1
+    assert list(cp) == ["version", "seq", "hash", "segments", "open", "sheet_fp"] and cp["version"] == 1
+    fps = [r.data["sheet_fp"] for r in wal.iter_records(ws) if r.seq <= cp["seq"] and "sheet_fp" in r.data]
+    assert cp["sheet_fp"] == (fps[-1] if fps else "")        # the newest a covered record carries
     assert [s["name"] for s in cp["segments"]] == [p.name for p in segs[:-1]]
     for s, p in zip(cp["segments"], segs, strict=False):
         data = p.read_bytes()

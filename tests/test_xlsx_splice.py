@@ -252,7 +252,7 @@ def test_sheet_append_keeps_the_layout_in_its_index_and_splices_the_next_commit(
     view = sheet.read(w)
     assert view.layout is not None and view.writable
     no_full_rewrite(monkeypatch)
-    assert sheet.append(w, [{"Strategy": "b", "RunID": "r-b"}], view) == [3]
+    assert sheet.append(w, [{"Strategy": "b", "RunID": "r-b"}], view).numbers == [3]
     view = sheet.read(w)
     assert [r.strategy for r in view.rows] == ["a", "b"] and view.layout is not None
     assert [r.strategy for r in sheet.read(w, cache=False).rows] == ["a", "b"]
