@@ -212,6 +212,7 @@ class Loaded:
     active_id: tuple[int, int] = (0, 0)                        # (device, inode) of the active segment
     ledger_ops: list[ledger.Op] = field(default_factory=list)  # what records since the checkpoint did to it
     sheet_fp: str = ""                 # the fingerprint of the sheet sop wrote last (a record's sheet_fp), "" unknown
+    tail_seq: int = 0                  # the record the tail cache (file store) was last saved at
 
     def apply(self, rec: Record) -> None:
         """Replay one record: the transaction's state, the sheet's last fingerprint, and the ledger."""

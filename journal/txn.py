@@ -102,6 +102,7 @@ class Session:
             self._j = None                  # an error half-way: the next look loads afresh
             w = wal.Writer(self.ws, j)
             yield w
+            wal.save_tail(self.ws, w.j)
             self._j = w.j
 
     def sheet_writer(self, *, write: bool = True) -> contextlib.AbstractContextManager[None]:

@@ -78,6 +78,24 @@ Ledger
 ``.sop/ledger.msgpack``: the committed rows the sheet should hold, as of the
 checkpoint (see :mod:`journal.ledger`).
 
+Tail
+====
+``.sop/cache/tail.msgpack`` (file store; written by a command whose journal
+grew, once the active segment holds ``$SOP_TAIL_CACHE_BYTES`` bytes, 256 KiB)::
+
+    {"version":1,"segment":…,"dev":…,"ino":…,"last":…,"bytes":…,"seq":N,
+     "hash":…,"checkpoint":…,"open":{…},"ops":[…],"sheet_fp":…}
+
+What replaying the active segment up to byte ``bytes`` gave: the open
+transactions, the ledger's changes since the checkpoint, the sheet's last
+fingerprint.  A writer that finds it for the same segment (name, device,
+inode), on the same checkpoint, with record ``seq`` still ending at
+``bytes`` and hashing to ``hash``, reads and verifies only the bytes after
+it, so a command costs the same on a nearly full segment as on an empty one.
+Anything else (another segment, a shorter file, a different last line, no
+file) means a full read, as before; ``sop-fsck`` always reads every byte.
+Deleting it only costs time.
+
 Index
 =====
 ``.sop/cache/index/<segment name>.json`` (written when a segment is sealed,
@@ -314,8 +332,93 @@ def check_anchor(ws: Workspace, seq: int, hash_: str, anchor: Anchor | None) -> 
                                     "history would be lost.")
 
 
+TAIL_CACHE_BYTES = int(os.environ.get("SOP_TAIL_CACHE_BYTES", str(256 << 10)))
+
+
+class TailCache(msgspec.Struct, kw_only=True):
+    """``.sop/cache/tail.msgpack``: the active segment replayed up to ``bytes`` (see *Tail*)."""
+
+    version: int = 1
+    segment: str = ""
+    dev: int = 0
+    ino: int = 0
+    last: int = 0                   # where record ``seq``'s line starts
+    bytes: int = 0                  # where it ends, after its newline
+    seq: int = 0
+    hash: str = GENESIS
+    checkpoint: int = 0             # the checkpoint's seq it builds on (0: none)
+    open: dict[str, TxState] = {}
+    ops: list[tuple[str, str, Any]] = []
+    sheet_fp: str = ""
+
+
+def tail_path(ws: Workspace) -> Path:
+    return ws.cache_dir / "tail.msgpack"
+
+
+def _ops_of(raw: list[tuple[str, str, Any]]) -> list[ledger.Op]:
+    return [(w, k, msgspec.convert(a, ledger.Entry) if w == "add" else (a if w == "remove" else (a[0], a[1])))
+            for w, k, a in raw]
+
+
+def _cached_tail(ws: Workspace, p: Path, cp: Checkpoint | None) -> tuple[TailCache, bytes, os.stat_result] | None:
+    """The tail cache and the bytes after it, when the cache describes this very segment (else None)."""
+    try:
+        tc = msgspec.msgpack.decode(tail_path(ws).read_bytes(), type=TailCache)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if tc.version != 1 or tc.segment != p.name or tc.checkpoint != (cp.seq if cp is not None else 0):
+        return None
+    try:
+        with open(p, "rb") as f:
+            st = os.fstat(f.fileno())
+            if (st.st_dev, st.st_ino) != (tc.dev, tc.ino) or st.st_size < tc.bytes or not 0 <= tc.last < tc.bytes:
+                return None
+            f.seek(tc.last)
+            line = f.read(tc.bytes - tc.last)
+            rest = f.read()
+    except OSError:
+        return None
+    if not line.endswith(b"\n") or b"\n" in line[:-1] or line_hash(line) != tc.hash:
+        return None
+    rec = verify_line(line[:-1])
+    if rec is None or rec.seq != tc.seq:
+        return None
+    return tc, rest, st
+
+
+def save_tail(ws: Workspace, j: Loaded) -> None:
+    """Keep what replaying the active segment gave (see *Tail*); best effort, and only for a big segment."""
+    if (j.active is None or j.torn is not None or j.active_bytes < TAIL_CACHE_BYTES or j.seq == j.tail_seq
+            or not j.active_bytes):
+        return
+    try:
+        with open(j.active, "rb") as f:
+            back = 4096
+            while True:
+                start = max(0, j.active_bytes - back)
+                f.seek(start)
+                chunk = f.read(j.active_bytes - start)
+                nl = chunk.rfind(b"\n", 0, len(chunk) - 1)
+                if nl != -1 or start == 0:
+                    break
+                back *= 4
+        last = start + nl + 1
+        tc = TailCache(segment=j.active.name, dev=j.active_id[0], ino=j.active_id[1], last=last,
+                       bytes=j.active_bytes, seq=j.seq, hash=j.hash,
+                       checkpoint=j.checkpoint.seq if j.checkpoint is not None else 0,
+                       open={k: v for k, v in j.states.items() if v.state in OPEN_STATES},
+                       ops=list(j.ledger_ops), sheet_fp=j.sheet_fp)
+        if not ws.cache_dir.is_dir():
+            fsops.mkdir(ws.cache_dir, parents=True, exist_ok=True)
+        fsops.atomic_write(tail_path(ws), msgspec.msgpack.encode(tc))
+        j.tail_seq = j.seq
+    except OSError:
+        pass
+
+
 def load(ws: Workspace) -> Loaded:
-    """Read what a writer needs: the checkpoint and the segments after it."""
+    """Read what a writer needs: the checkpoint and the segments after it (the tail cache's part skipped)."""
     if is_pg(ws):
         return pgstore.load(ws)
     anchor = read_anchor(ws)
@@ -329,6 +432,21 @@ def load(ws: Workspace) -> Loaded:
         rest = [p for p in segs if p.name not in covered]
     else:
         rest = segs
+    cached = _cached_tail(ws, rest[0], cp) if len(rest) == 1 else None
+    if cached is not None:
+        tc, data, st = cached
+        fast = Loaded(seq=tc.seq, hash=tc.hash, active=rest[0], checkpoint=cp, active_id=(st.st_dev, st.st_ino),
+                      states=dict(tc.open), ledger_ops=_ops_of(tc.ops), sheet_fp=tc.sheet_fp, tail_seq=tc.seq)
+        try:
+            fast.seq, fast.hash, torn = read_segment(rest[0], expect_seq=tc.seq + 1, expect_hash=tc.hash,
+                                                     newest=True, on_record=fast.apply, data=data)
+        except JournalDamaged:
+            torn = None
+            cached = None                    # the full read below names the damage exactly
+        if cached is not None and torn is None:
+            fast.active_bytes = tc.bytes + len(data)
+            check_anchor(ws, fast.seq, fast.hash, anchor)
+            return fast
     for i, p in enumerate(rest):
         first = _segment_first(p)
         if first != out.seq + 1:
