@@ -62,7 +62,8 @@ METRICS = {"sharpe": 1.234, "sortino": 1.9, "max_drawdown": -0.183, "cagr": 0.11
 
 
 def env() -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("SOP_")}
+    """The commands' environment: no SOP_* but $SOP_TAIL_CACHE_BYTES (set it huge to measure without the cache)."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith("SOP_") or k == "SOP_TAIL_CACHE_BYTES"}
     e.pop("NO_COLOR", None)
     return e
 
