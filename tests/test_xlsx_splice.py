@@ -325,3 +325,22 @@ def test_an_append_right_after_check_append_on_the_same_file_scans_once(tmp_path
     assert scans == [1, 1, 1]
     assert [r.values[1] for r in xlsx.read_table(path).rows[-2:]] == ["a", "b"]
     assert calamine_rows(path)[-1][:2] == ["b", "r-b"]
+
+
+def test_isal_and_zlib_pieces_mix_in_one_spliced_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hosts with and without python-isal share a workbook: each engine's pieces splice onto the other's."""
+    from journal.xlsx import deflate
+    if deflate.ENGINE != "isal":
+        pytest.skip("python-isal is not installed (pip install 'sop-journal[fast]')")
+    isal = deflate._isal
+    path = xlsxwriter_book(tmp_path / "mix.xlsx", data_rows(5))
+    rec = Recorder()
+    xlsx.append_rows(path, None, [{1: "s0", 2: "r0"}], rec)             # full rewrite with ISA-L
+    for i in range(1, 7):
+        monkeypatch.setattr(deflate, "_isal", None if i % 2 else isal)    # zlib, ISA-L, zlib, …
+        assert xlsx.append_rows(path, None, [{1: f"s{i}", 2: f"r{i}"}], rec, layout=rec.last) == [7 + i]
+    assert rec.last is not None
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() is None
+    assert [r[:2] for r in calamine_rows(path)[-7:]] == [[f"s{i}", f"r{i}"] for i in range(7)]
+    assert openpyxl_values(path)["A13"] == "s6"

@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 from journal.errors import SheetDamaged
 
+from . import deflate
 from .constants import (
     CHUNK,
     NS_DOC_RELS,
@@ -476,8 +477,8 @@ def _deflate(rep: Replacement, out: BinaryIO, level: int) -> tuple[int, int, int
     for piece in ([rep] if isinstance(rep, bytes) else rep()):
         if isinstance(piece, Flush):
             if comp is None:
-                comp = zlib.compressobj(level, zlib.DEFLATED, -15)
-            z = comp.flush(zlib.Z_FULL_FLUSH)
+                comp = deflate.compressobj(level)
+            z = comp.flush(deflate.Z_FULL_FLUSH)
             csize += len(z)
             out.write(z)
             comp = None
@@ -497,7 +498,7 @@ def _deflate(rep: Replacement, out: BinaryIO, level: int) -> tuple[int, int, int
         if not piece:
             continue
         if comp is None:
-            comp = zlib.compressobj(level, zlib.DEFLATED, -15)
+            comp = deflate.compressobj(level)
         crc = zlib.crc32(piece, crc)
         piece_crc = zlib.crc32(piece, piece_crc)
         usize += len(piece)
@@ -505,7 +506,7 @@ def _deflate(rep: Replacement, out: BinaryIO, level: int) -> tuple[int, int, int
         csize += len(z)
         out.write(z)
     if comp is None:
-        comp = zlib.compressobj(level, zlib.DEFLATED, -15)
+        comp = deflate.compressobj(level)
     z = comp.flush()
     csize += len(z)
     out.write(z)

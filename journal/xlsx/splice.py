@@ -49,6 +49,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from . import deflate
 from .constants import CHUNK
 from .package import Copied, Package, Written, crc32_combine
 from .scan import Scan, Segments, Sx
@@ -124,10 +125,10 @@ _SHEETDATA_END_RE = re.compile(rb"<([A-Za-z_][\w.-]*:)?sheetData(?:\s[^>]*?)?>\Z
 
 
 def _inflate(data: bytes, want: int, final: bool) -> bytes | None:
-    d = zlib.decompressobj(-15)
+    d = deflate.decompressobj()
     try:
         out = d.decompress(data, want + 1)
-    except zlib.error:
+    except deflate.error:
         return None
     if len(out) != want or d.unconsumed_tail or d.unused_data or d.eof != final:
         return None
