@@ -202,6 +202,12 @@ def _check_schema(ws: Workspace, conn: Any, dsn: str) -> None:
     row = _query(conn, "SELECT to_regclass('sop_meta') IS NOT NULL").fetchone()
     version = _query(conn, "SELECT value FROM sop_meta WHERE key = 'schema'").fetchone() if row[0] else None
     if version is None:
+        if _anchored(ws):
+            raise JournalDamaged(f"journal damaged: the PostgreSQL store {shown(dsn)} holds no sop journal, but "
+                                 "this workspace's anchor (.sop/anchor.json) says records were written there",
+                                 detail="Restore the database from a backup at least as new as the anchor, or fix "
+                                        "[journal] dsn. Do not start a new journal: the committed history would "
+                                        "be lost.")
         raise JournalDamaged(f"journal damaged: the PostgreSQL store {shown(dsn)} holds no sop journal",
                              detail="Create it with 'sop init --store postgresql' (which also moves a file "
                                     "journal into it), or fix [journal] dsn.")
@@ -215,6 +221,14 @@ def _check_schema(ws: Workspace, conn: Any, dsn: str) -> None:
                              f"(.sop/store-id says {mine}, the database {theirs[0] if theirs else 'nothing'})",
                              detail="[journal] dsn points at another workspace's database, or the database was "
                                     "replaced: fix dsn, or restore the database from a backup.")
+
+
+def _anchored(ws: Workspace) -> bool:
+    """Whether ``.sop/anchor.json`` says the journal holds records (see journal.wal, *Anchor*)."""
+    try:
+        return int(msgspec.json.decode(ws.anchor_path.read_bytes()).get("seq", 0)) > 0
+    except (OSError, msgspec.DecodeError, AttributeError, TypeError, ValueError):
+        return False
 
 
 def _query(conn: Any, sql: str, params: Sequence[Any] | None = None) -> Any:

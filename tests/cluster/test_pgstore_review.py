@@ -80,3 +80,27 @@ def test_keeper_runs_this_package_without_pythonpath(tmp_path: Path, pg_db: str)
     tx = json.loads(r.stdout)["txid"]
     assert [(t["txid"], t["abandoned"]) for t in open_txs(ws)] == [(tx, False)]
 
+
+def test_an_emptied_database_is_damage_never_a_new_history(tmp_path: Path, pg_db: str) -> None:
+    """The database is re-created empty (or restored from an older backup): exit 5 everywhere, fsck names it."""
+    import psycopg
+    ws = make_ws(tmp_path, pg_db)
+    r = sop_here(ws, "sop-run", "--strategy", "kept", "--", PY, "-c", "import json, os, pathlib; "
+                 "pathlib.Path(os.environ['SOP_STRATEGY_DIR'], 'run_metadata.json').write_text(json.dumps("
+                 "{'run_id': os.environ['SOP_RUN_ID']}))", code=None)
+    assert r.returncode == 0, r.stderr
+    with psycopg.connect(pg_db, autocommit=True) as c:       # as a restore of a backup older than the commit
+        c.execute("TRUNCATE sop_journal, sop_open, sop_checkpoint")
+    fsck = sop_here(ws, "sop-fsck", code=5)
+    assert "anchor" in fsck.stdout, fsck.stdout
+    sop_here(ws, "sop-begin", "--strategy", "new", "--owner-pid", str(os.getpid()), code=5)
+    assert not (ws / "backtests" / "new").exists()
+    db = pg_db.split("dbname=")[1].split()[0]                 # re-created empty, and 'sop init' run as told
+    admin = pg_db.replace(f"dbname={db}", "dbname=postgres")
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
+        c.execute(f'CREATE DATABASE "{db}"')
+    r = sop_here(ws, "sop-status", code=None)
+    assert "anchor" in r.stdout + r.stderr and "DAMAGED" in r.stdout
+    sop_here(ws, "sop-init", "--store", "postgresql", code=5)
+    sop_here(ws, "sop-fsck", code=5)
