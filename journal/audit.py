@@ -556,6 +556,10 @@ def _verify_pg(ws: Workspace, res: FsckResult) -> None:
     if any(c > seq for c in cps):
         raise _Stop(Damage(where, None, seq + 1, f"a checkpoint names record {max(cps)}, but the journal ends at "
                                                  f"record {seq}: records were removed from the end"))
+    try:                                        # the journal must reach its anchor (SPEC §7, invariant 7)
+        wal.check_anchor(ws, seq, h, wal.read_anchor(ws))
+    except JournalDamaged as e:
+        raise _Stop(Damage("anchor.json", None, None, e.message)) from None
     res.checkpoint["open"] = sum(1 for v in states.values() if v.state in OPEN_STATES)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
+from pathlib import Path
 from typing import IO
 
 import msgspec
@@ -29,7 +29,7 @@ from .errors import Busy, SopError
 from .owner import Owner, hostname, liveness
 from .workspace import Workspace, open_workspace
 
-POLL = float(os.environ.get("SOP_KEEPER_POLL", "1.0"))
+POLL = pgstore.KEEPER_POLL
 
 
 class Keeper:
@@ -58,7 +58,11 @@ def start(ws: Workspace, txid: str, owner: Owner) -> Keeper:
     flags = 0
     if sys.platform == "win32":
         flags = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS
-    env = {**os.environ, "SOP_JOURNAL_DSN": pgstore.dsn_of(ws)}
+    # The keeper must import this very package (bin/ scripts put it on sys.path, not in $PYTHONPATH;
+    # another sop installed elsewhere would be another version).
+    here = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "SOP_JOURNAL_DSN": pgstore.dsn_of(ws), "PYTHONPATH": path}
     proc = subprocess.Popen([sys.executable, "-m", "journal.keeper", str(ws.root), txid, str(owner.pid),
                              owner.start], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, env=env, start_new_session=sys.platform != "win32",
@@ -84,10 +88,7 @@ def keep(ws: Workspace, txid: str, owner: Owner) -> None:
     sys.stdout.flush()
     if sys.stdin.readline().strip() != "go":
         return
-    while True:
-        time.sleep(POLL)
-        if liveness(owner).alive is False or not pgstore.is_open(ws, txid):
-            return
+    pgstore.keep_lease(ws, txid, alive=lambda: liveness(owner).alive is not False)
 
 
 class _Failure(msgspec.Struct):

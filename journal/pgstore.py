@@ -68,6 +68,7 @@ import hashlib
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,12 @@ def _check_schema(ws: Workspace, conn: Any, dsn: str) -> None:
     row = _query(conn, "SELECT to_regclass('sop_meta') IS NOT NULL").fetchone()
     version = _query(conn, "SELECT value FROM sop_meta WHERE key = 'schema'").fetchone() if row[0] else None
     if version is None:
+        if _anchored(ws):
+            raise JournalDamaged(f"journal damaged: the PostgreSQL store {shown(dsn)} holds no sop journal, but "
+                                 "this workspace's anchor (.sop/anchor.json) says records were written there",
+                                 detail="Restore the database from a backup at least as new as the anchor, or fix "
+                                        "[journal] dsn. Do not start a new journal: the committed history would "
+                                        "be lost.")
         raise JournalDamaged(f"journal damaged: the PostgreSQL store {shown(dsn)} holds no sop journal",
                              detail="Create it with 'sop init --store postgresql' (which also moves a file "
                                     "journal into it), or fix [journal] dsn.")
@@ -214,6 +221,14 @@ def _check_schema(ws: Workspace, conn: Any, dsn: str) -> None:
                              f"(.sop/store-id says {mine}, the database {theirs[0] if theirs else 'nothing'})",
                              detail="[journal] dsn points at another workspace's database, or the database was "
                                     "replaced: fix dsn, or restore the database from a backup.")
+
+
+def _anchored(ws: Workspace) -> bool:
+    """Whether ``.sop/anchor.json`` says the journal holds records (see journal.wal, *Anchor*)."""
+    try:
+        return int(msgspec.json.decode(ws.anchor_path.read_bytes()).get("seq", 0)) > 0
+    except (OSError, msgspec.DecodeError, AttributeError, TypeError, ValueError):
+        return False
 
 
 def _query(conn: Any, sql: str, params: Sequence[Any] | None = None) -> Any:
@@ -307,23 +322,16 @@ def open_names(strategy: str, run_id: str) -> list[str]:
 @contextlib.contextmanager
 def hold(ws: Workspace, what: str, timeout: float) -> Iterator[None]:
     """Hold one of the workspace's advisory locks, or raise Busy (exit 6) after ``timeout`` seconds."""
-    conn = connection(ws)
     key = LOCK_KEYS[what]
-    psycopg = _psycopg()
     try:
-        if timeout <= 0:
-            got = _query(conn, "SELECT pg_try_advisory_lock(%s, %s)", (NS, key)).fetchone()[0]
-        else:
-            _query(conn, f"SET lock_timeout = {int(timeout * 1000)}")
-            try:
-                _query(conn, "SELECT pg_advisory_lock(%s, %s)", (NS, key))
-                got = True
-            except psycopg.errors.LockNotAvailable:
-                got = False
-            finally:
-                _query(conn, "SET lock_timeout = 0")
-    except psycopg.errors.QueryCanceled:
-        raise KeyboardInterrupt from None
+        conn, got = _acquire(ws, key, timeout)
+    except StoreLost:
+        if _local.held:
+            raise
+        # Nothing held on this thread: a session that died while idle (a server restart, an idle
+        # connection cut) is not a lost lock. Start over once on a new session.
+        _forget(ws)
+        conn, got = _acquire(ws, key, timeout)
     if not got:
         raise Busy(f"the {what} is busy: another sop process (on this host or another) held its lock in "
                    f"{shown(dsn_of(ws))} for {timeout:g} s",
@@ -336,6 +344,39 @@ def hold(ws: Workspace, what: str, timeout: float) -> Iterator[None]:
         if not (conn.closed or conn.broken):
             with contextlib.suppress(Exception):
                 conn.execute("SELECT pg_advisory_unlock(%s, %s)", (NS, key))
+
+
+def _acquire(ws: Workspace, key: int, timeout: float) -> tuple[Any, bool]:
+    """(this thread's connection, whether it now holds lock ``(NS, key)``), waiting up to ``timeout`` s."""
+    conn = connection(ws)
+    psycopg = _psycopg()
+    if timeout <= 0:
+        return conn, bool(_query(conn, "SELECT pg_try_advisory_lock(%s, %s)", (NS, key)).fetchone()[0])
+    _query(conn, f"SET lock_timeout = {int(timeout * 1000)}")
+    try:
+        try:
+            conn.execute("SELECT pg_advisory_lock(%s, %s)", (NS, key))
+        except psycopg.errors.LockNotAvailable:     # an OperationalError, but the answer "busy", not a lost session
+            return conn, False
+        except psycopg.errors.QueryCanceled:
+            raise KeyboardInterrupt from None
+        except psycopg.OperationalError as e:
+            raise StoreLost(f"the journal store's session was lost: {str(e).strip().splitlines()[0]}",
+                            detail="Nothing after the last journaled record happened. Run 'sop-recover' "
+                                   "when the server is back.") from None
+        return conn, True
+    finally:
+        if not (conn.closed or conn.broken):
+            _query(conn, "SET lock_timeout = 0")
+
+
+def _forget(ws: Workspace) -> None:
+    """Drop this thread's (dead) connection to the workspace's database, so the next use makes a new one."""
+    conn = _local.conns.pop(dsn_of(ws), None)
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            conn.close()
+    _local.leases.clear()                           # the server let them go with the session
 
 
 def lease_key(txid: str) -> int:
@@ -351,7 +392,98 @@ def take_lease(ws: Workspace, txid: str) -> None:
     _local.leases.add(txid)
 
 
+KEEPER_POLL = float(os.environ.get("SOP_KEEPER_POLL", "1.0"))
+LEASE_GRACE = float(os.environ.get("SOP_LEASE_GRACE", "3.0"))
+
+
+def keep_lease(ws: Workspace, txid: str, *, alive: Any, stop: threading.Event | None = None,
+               begun: threading.Event | None = None) -> None:
+    """Hold ``txid``'s lease (taken already, on this thread) while ``alive()`` and the transaction is open.
+
+    A session that dies (a server restart, a fail-over, an idle connection
+    cut by a firewall) takes the lease with it: this loop reconnects and
+    takes it again, so a live owner is seen alive again within a poll or
+    two, and recovery, which waits :data:`LEASE_GRACE` before it believes a
+    free lease, does not roll a live run back.  Returns when the owner is
+    gone, the transaction is closed, or ``stop`` is set.  ``begun``: set once
+    the ``begin`` is on record (until then the transaction is not open yet).
+    """
+    while True:
+        if stop is not None:
+            if stop.wait(KEEPER_POLL):
+                return
+        else:
+            time.sleep(KEEPER_POLL)
+        if not alive():
+            return
+        try:
+            if txid not in _local.leases:
+                _forget(ws)
+                take_lease(ws, txid)
+            if (begun is None or begun.is_set()) and not is_open(ws, txid):
+                return
+        except (StoreLost, Busy):
+            _forget(ws)                              # the server is away: try again at the next poll
+
+
+class _LeaseThread(threading.Thread):
+    """This process's lease on one transaction, held on a session of its own (see :func:`hold_lease`)."""
+
+    def __init__(self, ws: Workspace, txid: str) -> None:
+        super().__init__(name=f"sop-lease-{txid}", daemon=True)
+        self.ws, self.txid = ws, txid
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.begun = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            try:
+                take_lease(self.ws, self.txid)
+            except BaseException as e:  # noqa: BLE001 - handed to the starting thread
+                self.error = e
+                return
+            finally:
+                self.ready.set()
+            keep_lease(self.ws, self.txid, alive=lambda: True, stop=self.stop, begun=self.begun)
+        finally:
+            close_all()                              # this thread's session, and the lease with it
+
+
+_threads: dict[str, _LeaseThread] = {}
+_threads_lock = threading.Lock()
+
+
+def hold_lease(ws: Workspace, txid: str) -> None:
+    """Hold ``txid``'s lease for this process until :func:`drop_lease`: a thread that keeps it through lost sessions."""
+    with _threads_lock:
+        if txid in _threads:
+            return
+        t = _LeaseThread(ws, txid)
+        t.start()
+    t.ready.wait()
+    if t.error is not None:
+        raise t.error
+    with _threads_lock:
+        _threads[txid] = t
+
+
+def lease_begun(txid: str) -> None:
+    """The ``begin`` of ``txid`` is on record: its lease thread may now let go once it is closed."""
+    with _threads_lock:
+        t = _threads.get(txid)
+    if t is not None:
+        t.begun.set()
+
+
 def drop_lease(ws: Workspace, txid: str) -> None:
+    with _threads_lock:
+        t = _threads.pop(txid, None)
+    if t is not None:
+        t.stop.set()
+        t.join(10)
+        return
     if txid not in _local.leases:
         return
     _local.leases.discard(txid)
@@ -362,14 +494,29 @@ def drop_lease(ws: Workspace, txid: str) -> None:
 
 
 def lease_free(ws: Workspace, txid: str) -> bool:
-    """True when nobody holds ``txid``'s lease: its owner is gone, wherever it ran."""
-    if txid in _local.leases:
+    """True when nobody holds ``txid``'s lease now (see :func:`leases_free` before acting on it)."""
+    if txid in _local.leases or txid in _threads:
         return False
     conn = connection(ws)
     got = _query(conn, "SELECT pg_try_advisory_lock(%s)", (lease_key(txid),)).fetchone()[0]
     if got:
         _query(conn, "SELECT pg_advisory_unlock(%s)", (lease_key(txid),))
     return bool(got)
+
+
+def leases_free(ws: Workspace, txids: Sequence[str], grace: float | None = None) -> set[str]:
+    """The leases of ``txids`` that are free now and still free ``grace`` seconds later: owners that are gone.
+
+    A lease is also free for a moment when its owner's session was cut (a
+    server restart frees them all at once) until its keeper takes it again;
+    only a lease that stays free through the grace means its owner is gone.
+    """
+    free = {t for t in txids if lease_free(ws, t)}
+    grace = LEASE_GRACE if grace is None else grace
+    if free and grace > 0:
+        time.sleep(grace)
+        free = {t for t in free if lease_free(ws, t)}
+    return free
 
 
 def is_open(ws: Workspace, txid: str) -> bool:

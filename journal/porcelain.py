@@ -289,6 +289,8 @@ class _Lease:
     def begun(self) -> None:
         if self.keeper is not None:
             self.keeper.go()
+        if self.mine:
+            pgstore.lease_begun(self.txid)
 
     def let_go(self) -> None:
         if self.keeper is not None:
@@ -301,7 +303,7 @@ def _lease(ws: Workspace, txid: str, owner: Any) -> _Lease:
     if not wal.is_pg(ws):
         return _Lease(ws, txid)
     if owner.pid == os.getpid():
-        pgstore.take_lease(ws, txid)
+        pgstore.hold_lease(ws, txid)               # on a thread of its own, kept through lost sessions
         return _Lease(ws, txid, mine=True)
     from . import keeper
     return _Lease(ws, txid, keeper=keeper.start(ws, txid, owner))

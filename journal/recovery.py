@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from . import fsops, names, sheet, txn, wal
+from . import fsops, names, pgstore, sheet, txn, wal
 from .errors import IOFailure, Refused, SheetDamaged, SheetLocked, SopError
 from .owner import pid_running
 from .render import NOT_JSON
@@ -113,8 +113,12 @@ def plan(ws: Workspace, j: wal.Loaded, *, now: datetime, older_than: timedelta, 
     """
     actions: list[Action] = []
     live: list[TxInfo] = []
+    free: set[str] | None = None
+    if wal.is_pg(ws):                # a lease must stay free through the grace: a cut session is retaken
+        free = pgstore.leases_free(ws, [t.txid for t in j.open_transactions()
+                                        if t.leased and t.state == "begun"])
     for tx in j.open_transactions():
-        info = txn.info(ws, tx, now, older_than)
+        info = txn.info(ws, tx, now, older_than, free)
         if tx.state == "aborting":
             actions.append(Action("finish rollback", tx.txid, tx.strategy, tx.run_id))
         elif tx.state in DECIDED_STATES:

@@ -186,15 +186,19 @@ class TxInfo:
     begun_at: str
 
 
-def info(ws: Workspace, tx: wal.TxState, now: datetime, older_than: timedelta) -> TxInfo:
+def info(ws: Workspace, tx: wal.TxState, now: datetime, older_than: timedelta,
+         free_leases: set[str] | None = None) -> TxInfo:
     """An open transaction with its owner's liveness and whether it is abandoned (SPEC §4).
 
     With the PostgreSQL store, a transaction begun with a lease is abandoned
     exactly when its lease is free, whatever host it ran on (no age limit).
+    ``free_leases``: the leases found free through the grace
+    (:func:`journal.pgstore.leases_free`), which recovery decides on; else
+    the lease is tried once, now.
     """
     owner = tx.owner
     if tx.leased and wal.is_pg(ws):
-        free = pgstore.lease_free(ws, tx.txid)
+        free = tx.txid in free_leases if free_leases is not None else pgstore.lease_free(ws, tx.txid)
         alive, why, abandoned = (False, "its lease is free: the owner is gone", True) if free else \
             (True, "its lease is held: the owner runs", False)
     elif owner is None:

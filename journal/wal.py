@@ -318,7 +318,7 @@ def check_anchor(ws: Workspace, seq: int, hash_: str, anchor: Anchor | None) -> 
     if anchor is None:
         return
     why = None
-    if not ws.journal_dir.is_dir():
+    if not is_pg(ws) and not ws.journal_dir.is_dir():
         why = f"the journal ({ws.rel(ws.journal_dir)}/) is missing"
     elif seq < anchor.seq:
         why = (f"the journal ends at record {seq}, but its anchor says record {anchor.seq} was written: "
@@ -326,8 +326,9 @@ def check_anchor(ws: Workspace, seq: int, hash_: str, anchor: Anchor | None) -> 
     elif seq == anchor.seq and hash_ != anchor.hash:
         why = f"record {seq} is not the record its anchor names: the journal was replaced"
     if why is not None:
+        what = "the PostgreSQL database" if is_pg(ws) else ".sop/journal/ (and .sop/checkpoint.json)"
         raise JournalDamaged(f"journal damaged: {why}",
-                             detail="Restore .sop/journal/ (and .sop/checkpoint.json) from a backup at least as new "
+                             detail=f"Restore {what} from a backup at least as new "
                                     "as the anchor (.sop/anchor.json). Do not start a new journal: the committed "
                                     "history would be lost.")
 
@@ -420,7 +421,9 @@ def save_tail(ws: Workspace, j: Loaded) -> None:
 def load(ws: Workspace) -> Loaded:
     """Read what a writer needs: the checkpoint and the segments after it (the tail cache's part skipped)."""
     if is_pg(ws):
-        return pgstore.load(ws)
+        out = pgstore.load(ws)          # a database emptied, re-created or restored from an older backup is damage
+        check_anchor(ws, out.seq, out.hash, read_anchor(ws))
+        return out
     anchor = read_anchor(ws)
     segs = segment_files(ws.journal_dir)
     cp = _load_checkpoint(ws, segs)
@@ -829,9 +832,11 @@ class Writer:
         return self.j.states
 
     def anchor(self) -> None:
-        """Record how far the journal has come, outside it (``.sop/anchor.json``; the database is its own)."""
-        if is_pg(self.ws):
-            return
+        """Record how far the journal has come, outside it (``.sop/anchor.json``, for either store).
+
+        With the PostgreSQL store too: a database that was emptied, re-created
+        or restored from an older backup must be damage, never a new history.
+        """
         write_anchor(self.ws, self.j.seq, self.j.hash)
 
     def cut_torn(self, now: datetime | None = None) -> None:
