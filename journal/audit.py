@@ -537,6 +537,7 @@ def _chain(where: str, lineno: int | None, rec: wal.Record, seq: int, h: str, st
 def _verify_pg(ws: Workspace, res: FsckResult) -> None:
     """The PostgreSQL store: every line's sum, number and chain, the state machine, and each checkpoint."""
     cps = dict(pgstore.checkpoints(ws))
+    bodies = pgstore.checkpoint_bodies(ws)
     res.checkpoint = {"present": bool(cps), "seq": max(cps, default=0), "segments": 0, "open": 0,
                       "store": "postgresql", "checkpoints": len(cps)}
     states: dict[str, wal.TxState] = {}
@@ -553,6 +554,12 @@ def _verify_pg(ws: Workspace, res: FsckResult) -> None:
         res.records = seq
         if s in cps and cps[s] != h:
             raise _Stop(Damage(where, None, s, f"the checkpoint at record {s} holds another hash for it"))
+        if s in cps:
+            body = bodies.get(s)
+            listed = {k: (v.kind, v.state, v.strategy, v.run_id) for k, v in body.open.items()} if body else None
+            if listed != _open_summary(states):
+                raise _Stop(Damage(where, None, s, f"the checkpoint at record {s} lists other open transactions "
+                                                   "than the journal's; writers would see the wrong ones"))
     if any(c > seq for c in cps):
         raise _Stop(Damage(where, None, seq + 1, f"a checkpoint names record {max(cps)}, but the journal ends at "
                                                  f"record {seq}: records were removed from the end"))
@@ -561,6 +568,12 @@ def _verify_pg(ws: Workspace, res: FsckResult) -> None:
     except JournalDamaged as e:
         raise _Stop(Damage("anchor.json", None, None, e.message)) from None
     res.checkpoint["open"] = sum(1 for v in states.values() if v.state in OPEN_STATES)
+    want, have = pgstore.expected_open(states), pgstore.open_table(ws)
+    if want != have:
+        odd = sorted(set(have.items()) ^ set(want.items()))
+        res.warnings.append(f"sop_open (the names open runs hold, derived from the journal) differs from the "
+                            f"journal at {len(odd)} name(s), first {odd[0][0]} ({odd[0][1]}): begins may be refused "
+                            "wrongly; 'sop-recover' rebuilds it")
 
 
 def _check_sealed(name: str, data: bytes, entry: wal.Segment, rep: SegmentReport) -> None:

@@ -16,6 +16,7 @@ does, the lease is free and every host sees the transaction abandoned.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -39,10 +40,13 @@ class Keeper:
         self.proc = proc
 
     def go(self) -> None:
+        """The begin is on record.  A keeper that died meanwhile changes nothing here: the run is begun,
+        its lease is free, and recovery rolls it back as abandoned (its txid is still printed)."""
         stdin: IO[bytes] | None = self.proc.stdin
         if stdin is not None:
-            stdin.write(b"go\n")
-            stdin.close()
+            with contextlib.suppress(OSError):
+                stdin.write(b"go\n")
+                stdin.close()
 
     def stop(self) -> None:
         if self.proc.stdin is not None:

@@ -161,11 +161,22 @@ def _psycopg() -> Any:
     return psycopg
 
 
+# TCP keepalives, both ways: the server ends the session of a host that lost power within about
+# idle + interval x count seconds (its leases and locks with it), where Linux's defaults wait
+# over two hours; the client notices a dead server as soon.  Ignored on a Unix socket.
+KEEPALIVE = (5, 2, 3)          # idle, interval (seconds), count
+
+
 def connect(dsn: str) -> Any:
     """A new autocommit connection, or Busy (exit 6) naming the server when it can't be reached."""
     psycopg = _psycopg()
+    idle, interval, count = KEEPALIVE
     try:
-        return psycopg.connect(dsn, autocommit=True, connect_timeout=10, application_name="sop")
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10, application_name="sop", keepalives=1,
+                               keepalives_idle=idle, keepalives_interval=interval, keepalives_count=count)
+        conn.execute(f"SET tcp_keepalives_idle = {idle}; SET tcp_keepalives_interval = {interval}; "
+                     f"SET tcp_keepalives_count = {count}")
+        return conn
     except psycopg.Error as e:
         raise Busy(f"the journal store cannot be reached: {shown(dsn)}: {str(e).strip().splitlines()[0]}",
                    detail="Action: check that the PostgreSQL server runs and [journal] dsn is right, "
@@ -520,9 +531,9 @@ def leases_free(ws: Workspace, txids: Sequence[str], grace: float | None = None)
 
 
 def is_open(ws: Workspace, txid: str) -> bool:
-    """Whether ``txid`` still holds names in ``sop_open`` (an open run)."""
-    return bool(_query(connection(ws), "SELECT EXISTS (SELECT 1 FROM sop_open WHERE txid = %s)",
-                       (txid,)).fetchone()[0])
+    """Whether run ``txid`` has no record that ends it yet (by the journal itself, not the derived sop_open)."""
+    return not _query(connection(ws), "SELECT EXISTS (SELECT 1 FROM sop_journal WHERE txid = %s AND "
+                                      "type IN ('committed', 'aborted', 'adopt'))", (txid,)).fetchone()[0]
 
 
 # ---------------------------------------------------------------- reading
@@ -702,6 +713,45 @@ def write_checkpoint(ws: Workspace, j: Loaded, rows: dict[str, ledger.Entry]) ->
     _ledgers.clear()
     _ledgers[(dsn_of(ws), cp.seq)] = dict(rows)
     return cp
+
+
+def open_table(ws: Workspace) -> dict[str, str]:
+    """``sop_open`` as it is: name -> txid."""
+    return dict(_query(connection(ws), "SELECT name, txid FROM sop_open").fetchall())
+
+
+def expected_open(states: dict[str, TxState]) -> dict[str, str]:
+    """What ``sop_open`` should hold for these transactions: every open run's names."""
+    out: dict[str, str] = {}
+    for t in states.values():
+        if t.kind == "run" and t.state in OPEN_STATES:
+            for name in open_names(t.strategy, t.run_id):
+                out[name] = t.txid
+    return out
+
+
+def sync_open(ws: Workspace, states: dict[str, TxState]) -> list[str]:
+    """Make ``sop_open`` (derived from the journal) what the open runs say; what changed, as text.
+
+    Called by recovery under the workspace lock; normal operation never needs it.
+    """
+    want, have = expected_open(states), open_table(ws)
+    if want == have:
+        return []
+    conn = connection(ws)
+    with conn.transaction():
+        _query(conn, "DELETE FROM sop_open")
+        for name, txid in sorted(want.items()):
+            _query(conn, "INSERT INTO sop_open VALUES (%s, %s)", (name, txid))
+    gone = sorted(set(have.items()) - set(want.items()))
+    new = sorted(set(want.items()) - set(have.items()))
+    return [f"removed {n} ({t})" for n, t in gone] + [f"added {n} ({t})" for n, t in new]
+
+
+def checkpoint_bodies(ws: Workspace) -> dict[int, Checkpoint]:
+    """Every checkpoint's body, for sop-fsck."""
+    return {s: msgspec.json.decode(bytes(b), type=Checkpoint)
+            for s, b in _query(connection(ws), "SELECT seq, body FROM sop_checkpoint ORDER BY seq")}
 
 
 def checkpoints(ws: Workspace) -> list[tuple[int, str]]:

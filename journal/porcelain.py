@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import child, fsops, inputs, locks, names, pgstore, sheet, txn, wal
-from .errors import Busy, Refused, SheetDamaged, SheetLocked, SopError, UsageError, WrongState
+from .errors import Busy, Refused, SheetDamaged, SheetLocked, SopError, UnsafeStore, UsageError, WrongState
 from .owner import owner_of
 from .render import NOT_JSON
 from .states import COMMITTABLE_STATES
@@ -193,22 +193,37 @@ def _to_postgresql(ws: Workspace, config_path: Path, dsn: str | None) -> list[st
         done.append(".sop/")
     pgstore.create(pg)
     files = Workspace(ws.root, dataclasses.replace(ws.config, store="files"))
-    if ws.config.store == "files" and files.journal_dir.is_dir():
-        n = wal.move_to_pg(files, pg)
-        done.append(f"the journal store in {pgstore.shown(pgstore.dsn_of(pg))}"
-                    + (f", with the {n} record(s) of .sop/journal/" if n else ""))
-    else:
-        done.append(f"the journal store in {pgstore.shown(pgstore.dsn_of(pg))}")
-    if new_text != text or not config_path.exists():
-        fsops.atomic_write(config_path, new_text.encode())
-        done.append(".sop/config.toml ([journal] store = \"postgresql\")")
-    if files.journal_dir.is_dir():
-        moved = ws.sop_dir / "journal.moved"
-        if moved.exists():
-            moved = ws.sop_dir / f"journal.moved-{names.stamp(wal.utcnow())}"
-        fsops.rename(files.journal_dir, moved)
-        done.append(f"{ws.rel(moved)}/ (the file journal, kept as it was)")
+    with _file_writers_stopped(files):
+        if ws.config.store == "files" and files.journal_dir.is_dir():
+            n = wal.move_to_pg(files, pg)
+            done.append(f"the journal store in {pgstore.shown(pgstore.dsn_of(pg))}"
+                        + (f", with the {n} record(s) of .sop/journal/" if n else ""))
+        else:
+            done.append(f"the journal store in {pgstore.shown(pgstore.dsn_of(pg))}")
+        if new_text != text or not config_path.exists():
+            fsops.atomic_write(config_path, new_text.encode())
+            done.append(".sop/config.toml ([journal] store = \"postgresql\")")
+        if files.journal_dir.is_dir():
+            moved = ws.sop_dir / "journal.moved"
+            if moved.exists():
+                moved = ws.sop_dir / f"journal.moved-{names.stamp(wal.utcnow())}"
+            fsops.rename(files.journal_dir, moved)
+            done.append(f"{ws.rel(moved)}/ (the file journal, kept as it was)")
     return done
+
+
+@contextlib.contextmanager
+def _file_writers_stopped(files: Workspace) -> Iterator[None]:
+    """The file store's workspace lock around the move, so that no file-store writer appends meanwhile.
+
+    Where the file system refuses the lock (the network folders this move is
+    the way out of), the move goes on without it: stop the writers first.
+    """
+    with contextlib.ExitStack() as stack:
+        if files.journal_dir.is_dir():
+            with contextlib.suppress(UnsafeStore):
+                stack.enter_context(locks.hold(files.lock_path, files.config.lock_timeout))
+        yield
 
 
 def _committed_values(ws: Workspace) -> list[dict[str, Any]]:

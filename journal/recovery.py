@@ -180,6 +180,9 @@ def recover(*, root: RootArg = None, dry_run: bool = False, older_than: str | ti
                                              f"{len(t.data)} byte(s) kept in .sop/lost+found/"))
             if not dry_run:
                 w.cut_torn(now=now)
+        if wal.is_pg(ws) and not dry_run:
+            for change in pgstore.sync_open(ws, w.j.states):
+                out.actions.append(Action("rebuild sop_open", done=True, detail=change))
         for folder in (ws.sop_dir, ws.cache_dir, ws.cache_dir / "index"):
             _remove_temps(folder, dry_run, out, rel)
         _remove_stale_hints(ws, dry_run, out)

@@ -405,3 +405,42 @@ def test_bad_store_settings_are_one_clear_error_and_change_nothing(tmp_path: Pat
     assert "--dsn goes with --store postgresql" in r.stderr
     r = sop_here(ws, "sop-init", "--store", "files", code=2)
     assert "does not move it back" in r.stderr
+
+
+def test_the_move_waits_for_file_store_writers(tmp_path: Path, pg_db: str) -> None:
+    """The move holds the file store's lock: with a writer holding it, it waits, then exits 6 and moves nothing."""
+    import filelock
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    sop_here(ws, "sop-init")
+    r = sop_here(ws, "sop-run", "--strategy", "w1", "--", PY, "-c", RUN_BODY, code=None)
+    assert r.returncode == 0, r.stderr
+    cfg = ws / ".sop" / "config.toml"
+    cfg.write_text(cfg.read_text().replace("timeout_seconds = 30", "timeout_seconds = 1"))
+    with filelock.FileLock(str(ws / ".sop" / "lock")):
+        r = sop_here(ws, "sop-init", "--store", "postgresql", "--dsn", pg_db, code=6)
+    assert 'store = "files"' in cfg.read_text() and (ws / ".sop" / "journal").is_dir()
+    sop_here(ws, "sop-init", "--store", "postgresql", "--dsn", pg_db)
+    assert [s for s, _ in sheet_rows(ws)] == ["w1"] and (ws / ".sop" / "journal.moved").is_dir()
+    assert json.loads(sop_here(ws, "sop-fsck", "--json").stdout)["ok"]
+
+
+def test_a_drifted_open_names_table_is_reported_and_rebuilt_by_recovery(tmp_path: Path, pg_db: str) -> None:
+    """sop_open is derived from the journal: a stray or missing row is a fsck warning, and sop-recover rebuilds it."""
+    import psycopg
+    ws = make_ws(tmp_path, pg_db)
+    b = json.loads(sop_here(ws, "sop-begin", "--strategy", "held", "--owner-pid", str(os.getpid()),
+                            "--json").stdout)
+    with psycopg.connect(pg_db, autocommit=True) as c:
+        c.execute("INSERT INTO sop_open VALUES ('s:stray', 'tx-nobody')")
+        c.execute("DELETE FROM sop_open WHERE txid = %s", (b["txid"],))
+    fsck = json.loads(sop_here(ws, "sop-fsck", "--json").stdout)
+    assert fsck["ok"] and any("sop_open" in w for w in fsck["warnings"]), fsck
+    r = sop_here(ws, "sop-begin", "--strategy", "stray", "--owner-pid", str(os.getpid()), code=1)
+    assert "held by an open transaction" in r.stderr and not (ws / "backtests" / "stray").exists()
+    rec = sop_here(ws, "sop-recover", "--json")
+    assert any(a["action"] == "rebuild sop_open" for a in json.loads(rec.stdout)["actions"])
+    assert not json.loads(sop_here(ws, "sop-fsck", "--json").stdout)["warnings"]
+    sop_here(ws, "sop-begin", "--strategy", "stray", "--owner-pid", str(os.getpid()))
+    r = sop_here(ws, "sop-begin", "--strategy", "held", "--owner-pid", str(os.getpid()), code=1)
+    assert "held by" in r.stderr
