@@ -46,7 +46,9 @@ sys.path.insert(0, str(ROOT))
 SHEET = Path("backtests") / "Strategy_Master_Filter.xlsx"
 # Children compile sop once and reuse the bytecode, as an installed package does (a checkout run with
 # PYTHONDONTWRITEBYTECODE=1 would compile every module in every process: ~0.1 s each).
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("SOP_") and k != "PYTHONDONTWRITEBYTECODE"}
+# $SOP_DEFLATE passes through: SOP_DEFLATE=zlib measures without ISA-L.
+ENV = {k: v for k, v in os.environ.items()
+       if (not k.startswith("SOP_") or k == "SOP_DEFLATE") and k != "PYTHONDONTWRITEBYTECODE"}
 ENV.setdefault("PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "sop-bench-pycache"))
 
 
