@@ -583,15 +583,7 @@ def refresh(ws: Workspace, j: Loaded) -> Loaded:
                   (j.seq,)).fetchall()
     if not rows:
         return j
-    out = Loaded(seq=j.seq, hash=j.hash, states=dict(j.states), checkpoint=j.checkpoint,
-                 ledger_ops=list(j.ledger_ops), sheet_fp=j.sheet_fp)
-    touched: set[str] = set()
-
-    def on_record(rec: Record) -> None:
-        if rec.txid in out.states and rec.txid not in touched:
-            out.states[rec.txid] = msgspec.structs.replace(out.states[rec.txid])
-        touched.add(rec.txid)
-        out.apply(rec)
+    out, on_record = j.follow()
     out.seq, out.hash = _replay(iter(rows), j.seq, j.hash, on_record)
     return out
 

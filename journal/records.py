@@ -9,7 +9,9 @@ is a pure function of its records (:func:`apply`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -226,6 +228,22 @@ class Loaded:
         op = ledger.op_of(rec, tx.kind, tx.strategy, tx.run_id) if tx is not None else None
         if op is not None:
             self.ledger_ops.append(op)
+
+    def follow(self, **changes: Any) -> tuple[Loaded, Callable[[Record], None]]:
+        """A copy to replay newer records into, and the replayer (:func:`journal.wal.refresh`, both stores).
+
+        A transaction the newer records touch is copied first, so a state
+        handed out from ``self`` stays as it was.
+        """
+        out = dataclasses.replace(self, states=dict(self.states), ledger_ops=list(self.ledger_ops), **changes)
+        touched: set[str] = set()
+
+        def on_record(rec: Record) -> None:
+            if rec.txid in out.states and rec.txid not in touched:
+                out.states[rec.txid] = msgspec.structs.replace(out.states[rec.txid])
+            touched.add(rec.txid)
+            out.apply(rec)
+        return out, on_record
 
     def open_transactions(self) -> list[TxState]:
         return [t for t in self.states.values() if t.state in OPEN_STATES]

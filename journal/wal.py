@@ -495,16 +495,7 @@ def refresh(ws: Workspace, j: Loaded) -> Loaded:
     with open(j.active, "rb") as f:
         f.seek(j.active_bytes)
         data = f.read()
-    out = Loaded(seq=j.seq, hash=j.hash, active=j.active, active_bytes=j.active_bytes + len(data),
-                 states=dict(j.states), checkpoint=j.checkpoint, active_id=j.active_id,
-                 ledger_ops=list(j.ledger_ops), sheet_fp=j.sheet_fp)
-    touched: set[str] = set()
-
-    def on_record(rec: Record) -> None:
-        if rec.txid in out.states and rec.txid not in touched:
-            out.states[rec.txid] = msgspec.structs.replace(out.states[rec.txid])
-        touched.add(rec.txid)
-        out.apply(rec)
+    out, on_record = j.follow(active_bytes=j.active_bytes + len(data))
     try:
         seq, h, torn = read_segment(j.active, expect_seq=j.seq + 1, expect_hash=j.hash, newest=True,
                                     on_record=on_record, data=data)
