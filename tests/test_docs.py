@@ -37,7 +37,7 @@ ALL_COMMANDS = ["init", "begin", "commit", "abort", "run", "recover", "sweep", "
                 "fsck"]
 SHAPE = ["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "OUTPUT", "EXIT STATUS", "FILES", "EXAMPLES", "SEE ALSO"]
 README_MAIN = "python3 -m pip install . && python3 examples/demo.py"
-README_TESTS = "python3 -m pip install -e '.[test]' && python3 -m pytest -q"
+README_TESTS = "python3 -m pip install -e '.[test]' && python3 -m pytest -q -n auto"
 
 
 def pages() -> list[Path]:
