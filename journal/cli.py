@@ -462,7 +462,14 @@ def sweep_cmd(out: Out, fix: bool, report: str | None, purge_failed: bool, older
     if out.json:
         out.result(res)
     else:
-        click.echo(janitor.render_report(res), nl=False)
+        chunk: list[str] = []                  # streamed: a report of a million findings is never held whole
+        for line in janitor.report_lines(res):
+            chunk.append(line)
+            if len(chunk) >= 4096:
+                click.echo("\n".join(chunk))
+                chunk.clear()
+        if chunk:
+            click.echo("\n".join(chunk))
         _sweep_summary(out, res)
     if exit_code and res.remaining:
         _exit_for(errors.FindingsRemain(f"{len(res.remaining)} finding(s) remain"))

@@ -62,12 +62,12 @@ import re
 import stat
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import fsops, inputs, ledger, locks, names, sheet, txn, wal
 from .errors import UsageError
@@ -133,8 +133,7 @@ class SweepResult:
     @property
     def needs_person(self) -> list[Finding]:
         """What the sweep leaves for a person: duplicates, mismatches, unsafe entries, lost rows it held back."""
-        return [f for f in self.findings if not f.done and (f.kind in NEEDS_PERSON or
-                                                            (f.kind == "lost_row" and not f.steps))]
+        return [f for f in self.findings if wants_person(f)]
 
     @property
     def json_extra(self) -> dict[str, Any]:
@@ -771,55 +770,83 @@ def _md(text: object) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in s)
 
 
-def render_report(r: SweepResult) -> str:
-    """The Markdown report: when, mode, txid, counts, a table per kind, and what needs a person."""
+def wants_person(f: Finding) -> bool:
+    """A finding the sweep leaves for a person (see :attr:`SweepResult.needs_person`)."""
+    return not f.done and (f.kind in NEEDS_PERSON or (f.kind == "lost_row" and not f.steps))
+
+
+def report_lines(r: SweepResult) -> Iterator[str]:
+    """The Markdown report, a line at a time: when, mode, txid, counts, what needs a person, a table per kind.
+
+    A generator, so that a sweep with a million findings writes its report
+    without holding it whole (nor its lines, nor its bytes) in memory.
+    """
     mode = "dry run (nothing was changed)" if r.dry_run else "fix"
-    out = ["# sop integrity report", "",
-           f"- **When:** {r.when} (UTC)",
-           f"- **Mode:** {mode}",
-           f"- **Workspace:** `{r.root}`",
-           f"- **Sweep transaction:** {('`' + r.txid + '`') if r.txid else 'none (nothing was changed)'}",
-           f"- **Checked:** {r.rows} sheet row(s), {r.folders} entr{'y' if r.folders == 1 else 'ies'} "
-           "under backtests/ and runs/",
-           f"- **Remaining findings** (other than quarantined, in flight, abandoned): {len(r.remaining)}",
-           *([f"- **Lost rows:** {_md(r.lost.message)}"] if r.lost.rows else []),
-           "", "## Counts", "", "| finding | count | " + ("planned |" if r.dry_run else "done |"),
-           "|---|---:|---:|"]
-    counts = r.counts
+    by_kind: dict[str, list[Finding]] = {k: [] for k in KINDS}
+    for f in r.findings:
+        by_kind.setdefault(f.kind, []).append(f)
+    remaining = sum(1 for f in r.findings if f.kind not in BENIGN and not f.done)
+    yield from ["# sop integrity report", "",
+                f"- **When:** {r.when} (UTC)",
+                f"- **Mode:** {mode}",
+                f"- **Workspace:** `{r.root}`",
+                f"- **Sweep transaction:** {('`' + r.txid + '`') if r.txid else 'none (nothing was changed)'}",
+                f"- **Checked:** {r.rows} sheet row(s), {r.folders} entr{'y' if r.folders == 1 else 'ies'} "
+                "under backtests/ and runs/",
+                f"- **Remaining findings** (other than quarantined, in flight, abandoned): {remaining}",
+                *([f"- **Lost rows:** {_md(r.lost.message)}"] if r.lost.rows else []),
+                "", "## Counts", "", "| finding | count | " + ("planned |" if r.dry_run else "done |"),
+                "|---|---:|---:|"]
     for k in KINDS:
-        acted = sum(1 for f in r.findings if f.kind == k and (f.steps if r.dry_run else f.done))
-        out.append(f"| {k} | {counts[k]} | {acted} |")
-    out += ["", "## Needs a person", ""]
-    person = r.needs_person
+        acted = sum(1 for f in by_kind[k] if (f.steps if r.dry_run else f.done))
+        yield f"| {k} | {len(by_kind[k])} | {acted} |"
+    yield from ["", "## Needs a person", ""]
+    person = False
+    for f in r.findings:
+        if wants_person(f):
+            person = True
+            who = f.path or f.strategy or f.run_id
+            yield f"- **{f.kind}** {_md(who)}{' (row ' + str(f.row) + ')' if f.row else ''}: {_md(f.detail)}"
     if not person:
-        out.append("Nothing.")
-    for f in person:
-        who = f.path or f.strategy or f.run_id
-        out.append(f"- **{f.kind}** {_md(who)}{' (row ' + str(f.row) + ')' if f.row else ''}: {_md(f.detail)}")
+        yield "Nothing."
     if r.recovery:
-        out += ["", "## Recovery (run first)", ""]
+        yield from ["", "## Recovery (run first)", ""]
         for a in r.recovery:
             tx = f" {a.txid}" if a.txid else ""
-            out.append(f"- {_md(a.action)}{_md(tx)}: {_md(a.detail)} — {'done' if a.done else 'not done'}")
+            yield f"- {_md(a.action)}{_md(tx)}: {_md(a.detail)} — {'done' if a.done else 'not done'}"
     for k in KINDS:
-        fs = [f for f in r.findings if f.kind == k]
+        fs = by_kind[k]
         if not fs:
             continue
-        out += ["", f"## {k} ({len(fs)})", "", "| strategy | run id | path | row | action | status | detail |",
-                "|---|---|---|---:|---|---|---|"]
+        yield from ["", f"## {k} ({len(fs)})", "", "| strategy | run id | path | row | action | status | detail |",
+                    "|---|---|---|---:|---|---|---|"]
         for f in fs:
             status = ("planned" if f.steps else "—") if r.dry_run else ("done" if f.done else
                                                                        ("not done" if f.steps else "—"))
-            out.append(f"| {_md(f.strategy)} | {_md(f.run_id)} | {_md(f.path)} | {f.row or ''} | {_md(f.action)} | "
-                       f"{status} | {_md(f.detail)} |")
-    return "\n".join(out) + "\n"
+            yield (f"| {_md(f.strategy)} | {_md(f.run_id)} | {_md(f.path)} | {f.row or ''} | {_md(f.action)} | "
+                   f"{status} | {_md(f.detail)} |")
+
+
+def render_report(r: SweepResult) -> str:
+    """The Markdown report as one text (see :func:`report_lines`)."""
+    return "".join(line + "\n" for line in report_lines(r))
 
 
 def write_report(r: SweepResult, path: Path) -> None:
-    """Write the report atomically, creating its folder when missing."""
+    """Write the report atomically, creating its folder when missing; streamed, a few thousand lines at a time."""
     if not path.parent.is_dir():
         fsops.mkdir(path.parent, parents=True, exist_ok=True)
-    fsops.atomic_write(path, render_report(r).encode("utf-8"))
+
+    def write(f: BinaryIO) -> None:
+        chunk: list[str] = []
+        for line in report_lines(r):
+            chunk.append(line)
+            if len(chunk) >= 4096:
+                f.write(("\n".join(chunk) + "\n").encode("utf-8"))
+                chunk.clear()
+        if chunk:
+            f.write(("\n".join(chunk) + "\n").encode("utf-8"))
+    fsops.atomic_write(path, write)
 
 
 __all__ = ["sweep", "classify", "SweepResult", "Finding", "KINDS", "read_identity", "render_report"]
