@@ -79,9 +79,8 @@ def start(ws: Workspace, txid: str, owner: Owner) -> Keeper:
         proc.wait()
         if line.startswith(b"error "):                # the keeper's own error, as the keeper saw it
             raise msgspec.json.decode(line[6:], type=_Failure).error()
-        raise Busy(f"the lease keeper of {txid} could not take its lease in "
-                           f"{pgstore.shown(pgstore.dsn_of(ws))}",
-                           detail="Action: check the PostgreSQL server, then run the command again.")
+        raise Busy(f"the lease keeper of {txid} could not take its lease in {pgstore.shown(pgstore.dsn_of(ws))}",
+                   detail="Action: check the PostgreSQL server, then run the command again.")
     return Keeper(proc)
 
 

@@ -189,9 +189,7 @@ def connection(ws: Workspace) -> Any:
     conn = _local.conns.get(dsn)
     if conn is None or conn.closed or conn.broken:
         if conn is not None and _local.held:
-            raise StoreLost("the journal store's session was lost while this command held its lock",
-                            detail="Nothing after the last journaled record happened. Run 'sop-recover' "
-                                   "when the server is back.")
+            raise _lost("while this command held its lock")
         if conn is not None and _local.leases:
             _local.leases.clear()                   # the server let them go with the session
         conn = connect(dsn)
@@ -211,7 +209,9 @@ def close_all() -> None:
 
 def _check_schema(ws: Workspace, conn: Any, dsn: str) -> None:
     row = _query(conn, "SELECT to_regclass('sop_meta') IS NOT NULL").fetchone()
-    version = _query(conn, "SELECT value FROM sop_meta WHERE key = 'schema'").fetchone() if row[0] else None
+    meta = dict(_query(conn, "SELECT key, value FROM sop_meta WHERE key IN ('schema', 'workspace')").fetchall()) \
+        if row[0] else {}
+    version = meta.get("schema")
     if version is None:
         if _anchored(ws):
             raise JournalDamaged(f"journal damaged: the PostgreSQL store {shown(dsn)} holds no sop journal, but "
@@ -222,14 +222,14 @@ def _check_schema(ws: Workspace, conn: Any, dsn: str) -> None:
         raise JournalDamaged(f"journal damaged: the PostgreSQL store {shown(dsn)} holds no sop journal",
                              detail="Create it with 'sop init --store postgresql' (which also moves a file "
                                     "journal into it), or fix [journal] dsn.")
-    if version[0] != SCHEMA:
-        raise JournalDamaged(f"journal damaged: the PostgreSQL store {shown(dsn)} has schema {version[0]!r}, "
+    if version != SCHEMA:
+        raise JournalDamaged(f"journal damaged: the PostgreSQL store {shown(dsn)} has schema {version!r}, "
                              f"this sop knows {SCHEMA!r}", detail="Use the sop version that made it.")
     mine = local_id(ws)
-    theirs = _query(conn, "SELECT value FROM sop_meta WHERE key = 'workspace'").fetchone()
-    if mine is not None and (theirs is None or theirs[0] != mine):
+    theirs = meta.get("workspace")
+    if mine is not None and theirs != mine:
         raise JournalDamaged(f"journal damaged: the PostgreSQL store {shown(dsn)} is not this workspace's "
-                             f"(.sop/store-id says {mine}, the database {theirs[0] if theirs else 'nothing'})",
+                             f"(.sop/store-id says {mine}, the database {theirs or 'nothing'})",
                              detail="[journal] dsn points at another workspace's database, or the database was "
                                     "replaced: fix dsn, or restore the database from a backup.")
 
@@ -248,14 +248,14 @@ def _query(conn: Any, sql: str, params: Sequence[Any] | None = None) -> Any:
     try:
         return conn.execute(sql, params)
     except psycopg.OperationalError as e:
-        raise StoreLost(f"the journal store's session was lost: {str(e).strip().splitlines()[0]}",
-                        detail="Nothing after the last journaled record happened. Run 'sop-recover' "
-                               "when the server is back.") from None
+        raise _lost(f"({str(e).strip().splitlines()[0]})") from None
 
 
-def is_store_error(e: BaseException) -> bool:
-    psycopg = _psycopg()
-    return isinstance(e, psycopg.Error)
+def _lost(why: str) -> StoreLost:
+    """A session lost (exit 5): nothing after the last journaled record happened."""
+    return StoreLost(f"the journal store's session was lost {why}",
+                     detail="Nothing after the last journaled record happened. Run 'sop-recover' "
+                            "when the server is back.")
 
 
 # ---------------------------------------------------------------- schema
@@ -372,9 +372,7 @@ def _acquire(ws: Workspace, key: int, timeout: float) -> tuple[Any, bool]:
         except psycopg.errors.QueryCanceled:
             raise KeyboardInterrupt from None
         except psycopg.OperationalError as e:
-            raise StoreLost(f"the journal store's session was lost: {str(e).strip().splitlines()[0]}",
-                            detail="Nothing after the last journaled record happened. Run 'sop-recover' "
-                                   "when the server is back.") from None
+            raise _lost(f"({str(e).strip().splitlines()[0]})") from None
         return conn, True
     finally:
         if not (conn.closed or conn.broken):

@@ -194,12 +194,9 @@ def _to_postgresql(ws: Workspace, config_path: Path, dsn: str | None) -> list[st
     pgstore.create(pg)
     files = Workspace(ws.root, dataclasses.replace(ws.config, store="files"))
     with _file_writers_stopped(files):
-        if ws.config.store == "files" and files.journal_dir.is_dir():
-            n = wal.move_to_pg(files, pg)
-            done.append(f"the journal store in {pgstore.shown(pgstore.dsn_of(pg))}"
-                        + (f", with the {n} record(s) of .sop/journal/" if n else ""))
-        else:
-            done.append(f"the journal store in {pgstore.shown(pgstore.dsn_of(pg))}")
+        n = wal.move_to_pg(files, pg) if ws.config.store == "files" and files.journal_dir.is_dir() else 0
+        done.append(f"the journal store in {pgstore.shown(pgstore.dsn_of(pg))}"
+                    + (f", with the {n} record(s) of .sop/journal/" if n else ""))
         if new_text != text or not config_path.exists():
             fsops.atomic_write(config_path, new_text.encode())
             done.append(".sop/config.toml ([journal] store = \"postgresql\")")

@@ -575,11 +575,11 @@ def move_to_pg(files: Workspace, pg: Workspace) -> int:
     When the database already holds exactly this history (a move that
     stopped after copying), nothing is copied again and the count is 0.
     """
-    tip = (0, GENESIS)
-    for rec, line in file_lines(files):
-        tip = (rec.seq, line_hash(line))
     have = pgstore.load(pg)
-    if have.seq:
+    if have.seq:                                 # only then is the file journal's end needed before the copy
+        tip = (0, GENESIS)
+        for rec, line in file_lines(files):
+            tip = (rec.seq, line_hash(line))
         if (have.seq, have.hash) == tip:
             return 0
         raise JournalDamaged(f"journal damaged: the PostgreSQL store {pgstore.shown(pgstore.dsn_of(pg))} holds "
