@@ -84,6 +84,36 @@ def test_corrupt_member(tmp_path: Path, op: Op) -> None:
     refused(path, op, "cannot be inflated|not well-formed")
 
 
+def _central_field(path: Path, member: str, field: str, value: int) -> None:
+    """Overwrite one field of a member's central directory entry (crc, csize, usize)."""
+    import struct
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"PK\x01\x02")
+    while at >= 0:
+        n = struct.unpack_from("<H", raw, at + 28)[0]
+        if raw[at + 46:at + 46 + n] == member.encode():
+            struct.pack_into("<I", raw, at + {"crc": 16, "csize": 20, "usize": 24}[field], value)
+            path.write_bytes(bytes(raw))
+            return
+        at = raw.find(b"PK\x01\x02", at + 4)
+    raise AssertionError(member)
+
+
+@pytest.mark.parametrize("op", ALL.values(), ids=ALL.keys())
+@pytest.mark.parametrize("lie", ["crc", "usize-short", "usize-long", "csize-short"])
+def test_a_sheet_part_whose_directory_entry_lies(tmp_path: Path, op: Op, lie: str) -> None:
+    """The inflater checks the CRC-32 and the size the central directory declares, and never inflates
+    past that size or reads past the compressed size."""
+    path = xlsxwriter_book(tmp_path / "m.xlsx", rows=data_rows(400))
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(SHEET)
+    field, value = {"crc": ("crc", info.CRC ^ 1), "usize-short": ("usize", info.file_size - 10),
+                    "usize-long": ("usize", info.file_size + 10),
+                    "csize-short": ("csize", info.compress_size // 2)}[lie]
+    _central_field(path, SHEET, field, value)
+    refused(path, op, "cannot be inflated|Bad CRC|past its declared size|truncated")
+
+
 @pytest.mark.parametrize("op", ALL.values(), ids=ALL.keys())
 def test_missing_worksheet_part(tmp_path: Path, op: Op) -> None:
     path = xlsxwriter_book(tmp_path / "m.xlsx")

@@ -207,9 +207,29 @@ class Package:
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
             raise damaged(self.path, f"part {part} cannot be inflated ({e})") from None
 
+    def data_offset(self, info: zipfile.ZipInfo) -> int:
+        """Where a member's compressed bytes start: after its local header, whose name and extra
+        field lengths may differ from the central directory's."""
+        self.f.seek(info.header_offset)
+        lh = self.f.read(30)
+        if len(lh) < 30 or lh[:4] != b"PK\x03\x04":
+            raise damaged(self.path, f"zip member {info.filename} has a bad local header")
+        n, e = struct.unpack("<HH", lh[26:30])
+        return info.header_offset + 30 + n + e
+
     def chunks(self, part: str, size: int = CHUNK) -> Iterator[bytes]:
-        """Inflate a part piece by piece; a bad CRC or deflate stream is damage."""
+        """Inflate a part piece by piece; a bad CRC or deflate stream is damage.
+
+        A deflated member is inflated here, with :mod:`.deflate`'s engine (ISA-L when installed:
+        ~2.5x zlib's speed; zipfile's reader adds its own buffering on top of zlib), never past
+        its declared size, and its size and CRC-32 checked at the end; other members go through
+        zipfile.
+        """
         self._check_size(part)
+        info = self.names[part]
+        if info.compress_type == zipfile.ZIP_DEFLATED:
+            yield from self._inflated(info, size)
+            return
         try:
             with self.zf.open(part) as f:
                 while True:
@@ -219,6 +239,45 @@ class Package:
                     yield b
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
             raise damaged(self.path, f"part {part} cannot be inflated ({e})") from None
+
+    def _inflated(self, info: zipfile.ZipInfo, size: int) -> Iterator[bytes]:
+        bad = f"part {info.filename} cannot be inflated"
+        at = self.data_offset(info)
+        left, want = info.compress_size, info.file_size
+        d = deflate.decompressobj()
+        crc32 = deflate.crc32
+        crc = total = 0
+        try:
+            while True:
+                self.f.seek(at)
+                raw = self.f.read(min(left, CHUNK >> 2))
+                if not raw and left:
+                    raise damaged(self.path, f"{bad} (truncated)")
+                at += len(raw)
+                left -= len(raw)
+                data = raw
+                while data or (not left and not d.eof):
+                    out = d.decompress(data, min(size, want - total + 1))
+                    data = d.unconsumed_tail
+                    if not out:
+                        if not data:
+                            break
+                        continue
+                    total += len(out)
+                    if total > want:
+                        raise damaged(self.path, f"{bad} (it inflates past its declared size)")
+                    crc = crc32(out, crc)
+                    yield out
+                if not left:
+                    break
+        except deflate.error as e:
+            raise damaged(self.path, f"{bad} ({e})") from None
+        if not d.eof:
+            raise damaged(self.path, f"{bad} (a truncated deflate stream)")
+        if total != want:
+            raise damaged(self.path, f"{bad} (it inflates to {total:,} bytes, not the {want:,} declared)")
+        if crc != info.CRC:
+            raise damaged(self.path, f"{bad} (a bad CRC-32)")
 
     def rels(self, part: str) -> list[Rel]:
         name = "_rels/.rels" if part == "" else rels_name(part)
@@ -551,12 +610,7 @@ def write_package(pkg: Package, out: BinaryIO, replace: dict[str, Replacement], 
             method, crc, csize, usize = info.compress_type, info.CRC, info.compress_size, info.file_size
             out.write(_LOCAL.pack(b"PK\x03\x04", max(info.extract_version, 20), flags, method, t, d, crc, csize,
                                   usize, len(fname), 0) + fname)
-            pkg.f.seek(info.header_offset)
-            lh = pkg.f.read(30)
-            if len(lh) < 30 or lh[:4] != b"PK\x03\x04":
-                raise damaged(pkg.path, f"zip member {name} has a bad local header")
-            n, e = struct.unpack("<HH", lh[26:30])
-            pkg.f.seek(info.header_offset + 30 + n + e)
+            pkg.f.seek(pkg.data_offset(info))
             left = csize
             while left:
                 b = pkg.f.read(min(left, CHUNK))
