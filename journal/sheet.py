@@ -327,8 +327,8 @@ Section = list[bytes | memoryview]     # one section of the cache file, in piece
 def _column(texts: list[str]) -> tuple[bool, list[Section]]:
     """A column's sections (blob, offsets, and for non-ASCII text its keys' blob and offsets)."""
     blob = ("\0" + "".join(t + "\0" for t in texts)).encode()
-    out: list[Section] = [[blob], [_offsets(texts)]]
     ascii_ = blob.isascii()
+    out: list[Section] = [[blob], [_offsets(texts, 0, ascii_)]]
     if not ascii_:
         key = names.key
         keys = [key(t) if t else "" for t in texts]
@@ -336,9 +336,59 @@ def _column(texts: list[str]) -> tuple[bool, list[Section]]:
     return ascii_, out
 
 
-def _offsets(texts: list[str], start: int = 0) -> bytes:
-    sizes = [len(t.encode()) + 1 for t in texts]      # each text and its \0
-    return array.array("I", itertools.accumulate(sizes, initial=start)).tobytes()
+def _offsets(texts: list[str], start: int = 0, ascii_: bool = False) -> bytes:
+    """Where each text's leading \0 lies in its blob, from ``start``, and one more for the blob's last \0."""
+    lens = map(len, texts) if ascii_ else map(len, map(str.encode, texts))   # ASCII: characters are bytes
+    return array.array("I", itertools.accumulate(map((1).__add__, lens), initial=start)).tobytes()
+
+
+class _Packer:
+    """An index packed as its rows arrive, a chunk of the sheet at a time (:func:`_read`): the rows of a
+    1M-row sheet never exist as lists of texts, only as the sections :class:`_Packed` searches."""
+
+    def __init__(self) -> None:
+        self.nums = array.array("I")
+        self.blobs = [bytearray(b"\0"), bytearray(b"\0")]
+        self.offs = [array.array("I", [0]), array.array("I", [0])]
+        self.keys: list[tuple[bytearray, array.array[int]] | None] = [None, None]   # non-ASCII columns' keys
+
+    def add(self, numbers: list[int], strategies: list[str], run_ids: list[str]) -> None:
+        self.nums.extend(numbers)
+        for c, texts in enumerate((strategies, run_ids)):
+            ascii_ = _append_texts(self.blobs[c], self.offs[c], texts)
+            kp = self.keys[c]
+            if kp is None and not ascii_:          # the column's first non-ASCII text: the keys so far are
+                kp = self.keys[c] = (bytearray(), array.array("I"))
+                n = len(self.offs[c]) - len(texts)  # the texts before this batch were ASCII: their keys
+                end = self.offs[c][n - 1]           # are their text lowered, at the same offsets
+                kp[0].extend(self.blobs[c][:end + 1].lower())
+                kp[1].extend(self.offs[c][:n])
+            if kp is not None:
+                key = names.key
+                _append_texts(kp[0], kp[1], [key(t) if t else "" for t in texts])
+
+    def packed(self) -> _Packed:
+        sections: list[bytes | bytearray | array.array[int]] = [self.nums, self.blobs[0], self.offs[0],
+                                                                 self.blobs[1], self.offs[1]]
+        for kp in self.keys:
+            if kp is not None:
+                sections += [kp[0], kp[1]]
+        raw = b"".join(sections)
+        hdr = _Header([], "", 0, {}, {}, len(self.nums), [memoryview(x).nbytes for x in sections],
+                      [k is None for k in self.keys])
+        return _Packed(hdr, raw, 0)
+
+
+def _append_texts(blob: bytearray, offs: array.array[int], texts: list[str]) -> bool:
+    """Add texts to a blob and its offsets; whether they were all ASCII."""
+    if not texts:
+        return True
+    data = ("\0".join(texts) + "\0").encode()
+    blob += data
+    ascii_ = data.isascii()
+    lens = map(len, texts) if ascii_ else map(len, map(str.encode, texts))
+    offs.extend(itertools.islice(itertools.accumulate(map((1).__add__, lens), initial=offs[-1]), 1, None))
+    return ascii_
 
 
 def _write_index(ws: Workspace, view: SheetView, sections: list[Section], count: int, ascii_: list[bool]) -> None:
@@ -362,7 +412,7 @@ def _write_index(ws: Workspace, view: SheetView, sections: list[Section], count:
 def _sections(view: SheetView) -> tuple[list[Section], list[bool]]:
     """The packed sections of a view (as loaded, or packed from its lists)."""
     pk = view.packed
-    if pk is not None and view._lists is None:
+    if pk is not None:                      # the lists, if decoded, are the packed sections' own texts
         return [[part] for part in pk.parts], list(pk.hdr.ascii)
     a0, s0 = _column(view.strategies)
     a1, s1 = _column(view.run_ids)
@@ -545,8 +595,18 @@ def _save_index(ws: Workspace, view: SheetView) -> None:
 
 
 def _read(ws: Workspace, path: Path, all_columns: bool) -> SheetView:
+    packer = None if all_columns else _Packer()
+
+    def sink(rows: list[xlsx.Row], colmap: dict[str, int]) -> None:   # the index, packed chunk by chunk
+        sc, rc = colmap.get(STRATEGY), colmap.get(RUNID)
+        if packer is None or sc is None or rc is None:
+            return                                          # no index: refused below
+        text = names.cell_text
+        packer.add([r.number for r in rows], [text(r.values.get(sc)) for r in rows],
+                   [text(r.values.get(rc)) for r in rows])
     try:
-        table = _x().read_table(path, ws.config.worksheet or None, None if all_columns else [STRATEGY, RUNID])
+        table = _x().read_table(path, ws.config.worksheet or None, None if all_columns else [STRATEGY, RUNID],
+                                None if packer is None else sink)
     except PermissionError as e:
         raise SheetDamaged(f"cannot read the Master Sheet {path}: {e.strerror}") from None
     except (OSError, zipfile.BadZipFile) as e:
@@ -557,6 +617,9 @@ def _read(ws: Workspace, path: Path, all_columns: bool) -> SheetView:
             f"the Master Sheet {path.name} (worksheet '{table.worksheet}') has no "
             f"{' or '.join(missing)} column in its first 10 rows",
             detail="Action: add the header cells 'Strategy' and 'RunID' (any case; spaces, '_' and '-' are ignored).")
+    if packer is not None:
+        return SheetView(path, table.worksheet, table.header_row, dict(table.headers), dict(table.columns),
+                         packed=packer.packed())
     sc, rc = table.columns[STRATEGY], table.columns[RUNID]
     rows = [SheetRow(r.number, names.cell_text(r.values.get(sc)), names.cell_text(r.values.get(rc)),
                      dict(r.values) if all_columns else {})

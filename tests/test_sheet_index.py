@@ -97,3 +97,33 @@ def test_the_index_is_loaded_once_per_command_while_the_sheet_is_unchanged(w: wo
     assert [r.strategy for r in sheet.read(w).rows] == ["Alpha", "Beta"] and loads == [1, 1]
     w2 = workspace.open_workspace(w.root)                         # the next command looks at the cache again
     assert sheet.read(w2) is sheet.read(w2) and loads == [1, 1, 1]
+
+
+@pytest.mark.parametrize("batches", [
+    [["Alpha", "beta"], ["Ωmega", "", "GAMMA"], ["delta"]],        # a column's first non-ASCII text mid-way
+    [["Ünï"], ["a", "B"]],                                          # non-ASCII from the first batch
+    [["a"], [], ["B", "c"]],                                        # an empty batch
+    [[], []],                                                       # no rows at all
+])
+def test_an_index_packed_chunk_by_chunk_is_the_index_packed_at_once(batches: list[list[str]]) -> None:
+    """The reader packs the index as each chunk of the sheet arrives (:class:`sheet._Packer`); its sections
+    are those of the whole lists packed in one go, and its look-ups find the same rows."""
+    packer = sheet._Packer()
+    n = 1
+    for texts in batches:
+        numbers = list(range(n + 1, n + 1 + len(texts)))
+        n += len(texts)
+        packer.add(numbers, texts, [f"run-{t.lower()}" for t in texts])
+    pk = packer.packed()
+    everything = [t for b in batches for t in b]
+    whole = sheet.SheetView(Path("x.xlsx"), "M", 1, {}, {}, lists=(list(range(2, 2 + len(everything))), everything,
+                                                                   [f"run-{t.lower()}" for t in everything]))
+    secs, ascii_ = sheet._sections(whole)
+    assert [bytes(p) for p in pk.parts] == [b"".join(bytes(x) for x in sec) for sec in secs]
+    assert list(pk.hdr.ascii) == ascii_ and len(pk) == len(everything)
+    packed = sheet.SheetView(Path("x.xlsx"), "M", 1, {}, {}, packed=pk)
+    for t in everything:
+        if t:
+            assert [r.number for r in packed.strategy_rows(t.swapcase())] == \
+                   [r.number for r in whole.strategy_rows(t)] != []
+    assert packed.keylists() == whole.keylists()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..names import header_key as normalize_header
 from .constants import HEADER_SCAN_ROWS, MAX_COL, MAX_ROW
@@ -24,8 +26,7 @@ def _check_row(r: int) -> int:
     return r
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
     number: int                      # the Excel row number (1-based)
     values: dict[int, Value]         # 1-based column index -> value; only requested columns, only non-empty cells
 
@@ -64,13 +65,17 @@ def _parse_cells(body: bytes, sx: Sx, sst: SharedStrings,
 
 
 def read_table(path: str | os.PathLike[str], worksheet: str | None = None,
-               columns: list[str] | None = None) -> Table:
+               columns: list[str] | None = None,
+               sink: Callable[[list[Row], dict[str, int]], None] | None = None) -> Table:
     """Read the master worksheet's header and data rows, streaming its XML.
 
     Args:
         path: the workbook.
         worksheet: the worksheet's name; None or "" means the first worksheet.
         columns: normalized header names whose values to load; None loads every column.
+        sink: called with each chunk's data rows (and the header's column map) as they are read,
+            instead of keeping them in ``Table.rows`` (which stays empty): the caller keeps what
+            it needs in its own form, and the rows of a large sheet never exist all at once.
 
     Returns:
         A Table; ``header_row`` is 0 (and ``headers``/``columns`` empty) when none of rows
@@ -121,12 +126,18 @@ def read_table(path: str | os.PathLike[str], worksheet: str | None = None,
                         rows = _only(early, wanted)
                     chunk = chunk[pos:]
                 last_r = _read_chunk(chunk, sx, sst, wanted, fast, rows, last_r)
+                if sink is not None and rows:
+                    sink(rows, colmap)
+                    rows = []
         except _OutOfSheet as e:
             raise damaged(pkg.path, f"{info.part} has {e}",
                           "Open and repair the workbook in Excel, or restore it from a backup.") from None
         if not decided:
             wanted, _ = _wanted(columns, colmap, None)
             rows = _only(early, wanted)
+        if sink is not None and rows:
+            sink(rows, colmap)
+            rows = []
         return Table(info.name, header_row, headers, colmap, rows)
 
 
