@@ -438,7 +438,7 @@ def _gate(ws: Workspace, tx: wal.TxState, now: datetime) -> dict[str, Any]:
     if ms is not None and (not isinstance(ms, str) or names.key(ms) != names.key(tx.strategy)):
         raise Refused(f"Validation failed: {where} says strategy {ms!r}, but the transaction is for "
                       f"{tx.strategy!r}.", detail=hint)
-    view = sheet.read(ws)
+    view = sheet.read(ws, writing=True)
     if view.strategy_rows(tx.strategy):
         r = view.strategy_rows(tx.strategy)[0]
         raise Refused(f"Validation failed: Strategy '{tx.strategy}' is already on Master Sheet row {r.number} "

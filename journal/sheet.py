@@ -26,6 +26,7 @@ import bisect
 import hashlib
 import itertools
 import math
+import operator
 import os
 import sys
 import zipfile
@@ -553,13 +554,18 @@ def _cache_path(ws: Workspace, path: Path) -> Path:
     return ws.cache_dir / f"sheet-index-{h}.msgpack"
 
 
-def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None, cache: bool = True) -> SheetView:
+def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None, cache: bool = True,
+         writing: bool = False) -> SheetView:
     """Read the Master Sheet's index; refuse (exit 5) one without Strategy and RunID columns.
 
     The index (strategies and run ids with their rows) is cached in
     ``.sop/cache/`` under the sheet's size, mtime, inode and device:
     any save (by Excel or by sop's atomic replace) changes them, and an
     unchanged sheet is not parsed again, so ``sop-begin`` starts fast.
+
+    ``writing``: the caller will check the sheet for an append (:func:`check_writable`) and
+    write it; a sheet that must be parsed is then also scanned for the append in the same
+    pass, its XML check started beside it (``xlsx.read_table``'s ``prescan``).
     """
     path = path or ws.sheet
     _check_readable(path)
@@ -581,7 +587,7 @@ def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None, 
             return view
     except (OSError, ValueError, TypeError, msgspec.DecodeError, msgspec.ValidationError):
         pass
-    view = _read(ws, path, False)
+    view = _read(ws, path, False, writing)
     if _stamp(path) == stamp:                      # not saved while we read it
         view.stamp = stamp
         _save_index(ws, view)
@@ -594,19 +600,17 @@ def _save_index(ws: Workspace, view: SheetView) -> None:
     _remember(ws, view)
 
 
-def _read(ws: Workspace, path: Path, all_columns: bool) -> SheetView:
+def _read(ws: Workspace, path: Path, all_columns: bool, prescan: bool = False) -> SheetView:
     packer = None if all_columns else _Packer()
 
-    def sink(rows: list[xlsx.Row], colmap: dict[str, int]) -> None:   # the index, packed chunk by chunk
-        sc, rc = colmap.get(STRATEGY), colmap.get(RUNID)
+    def sink(numbers: list[int], values: list[dict[int, Any]], colmap: dict[str, int]) -> None:
+        sc, rc = colmap.get(STRATEGY), colmap.get(RUNID)     # the index, packed chunk by chunk
         if packer is None or sc is None or rc is None:
             return                                          # no index: refused below
-        text = names.cell_text
-        packer.add([r.number for r in rows], [text(r.values.get(sc)) for r in rows],
-                   [text(r.values.get(rc)) for r in rows])
+        packer.add(numbers, _texts(values, sc), _texts(values, rc))
     try:
         table = _x().read_table(path, ws.config.worksheet or None, None if all_columns else [STRATEGY, RUNID],
-                                None if packer is None else sink)
+                                None if packer is None else sink, prescan)
     except PermissionError as e:
         raise SheetDamaged(f"cannot read the Master Sheet {path}: {e.strerror}") from None
     except (OSError, zipfile.BadZipFile) as e:
@@ -625,6 +629,12 @@ def _read(ws: Workspace, path: Path, all_columns: bool) -> SheetView:
                      dict(r.values) if all_columns else {})
             for r in table.rows]
     return SheetView(path, table.worksheet, table.header_row, dict(table.headers), dict(table.columns), rows)
+
+
+def _texts(values: list[dict[int, Any]], col: int) -> list[str]:
+    """Column ``col`` of each row as :func:`names.cell_text` reads it; text cells (most) take a short cut."""
+    text = names.cell_text
+    return [v.strip() if type(v) is str else text(v) for v in map(operator.methodcaller("get", col), values)]
 
 
 def cell_value(v: Any) -> xlsx.Value | None:

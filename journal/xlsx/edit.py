@@ -10,10 +10,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 from journal import fsops
+from journal.errors import SheetDamaged
 
 from . import validate
 from .package import Package, Replacement, SheetInfo, Written, damaged, write_package
-from .scan import Scan, Segments, check_odd, iter_sheet, scan_sheet
+from .scan import Scan, Scanner, Segments, check_odd, iter_sheet, scan_sheet
 
 VALIDATOR_MIN_BYTES = 8 << 20       # below this a worksheet part is checked in process (a child costs ~50 ms)
 
@@ -58,10 +59,11 @@ class Validator:
             raise damaged(self.pkg.path, f"{self.part} {out.decode(errors='replace').strip()}",
                           "Open and re-save it in Excel, or restore it from a backup.")
         if code != 0:   # the child itself failed (killed, no memory…): check in process instead
-            seg = Segments()
-            for _ in iter_sheet(self.pkg, self.part, True, seg):
-                pass
-            check_odd(self.pkg, self.part, seg)
+            with Package(self.pkg.path) as pkg:     # (the package it was started with may be closed by now)
+                seg = Segments()
+                for _ in iter_sheet(pkg, self.part, True, seg):
+                    pass
+                check_odd(pkg, self.part, seg)
 
     def cancel(self) -> None:
         if self.proc is not None:
@@ -92,7 +94,9 @@ def checked_before(pkg: Package, checked: Sequence[int] | None) -> bool:
 
 # The first scan of the last check_append that passed (its XML check too), by the stat of the very
 # file it read: an append to that file right after (the commit gate, then the write) starts from it.
-_checked_scan: list[tuple[list[int], str, str, Scan]] = []
+# A scan made beside a read (:func:`prescan`) waits here with its XML check still running (its
+# Validator); whoever recalls it joins the check first.
+_checked_scan: list[tuple[list[int], str, str, Scan, Validator | None]] = []
 
 
 def _stamp_of(pkg: Package) -> list[int]:
@@ -100,16 +104,67 @@ def _stamp_of(pkg: Package) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
 
 
-def remember_scan(pkg: Package, part: str, scan: Scan) -> None:
-    """Keep the first scan of a file whose checks just passed, for an append to the same file."""
-    _checked_scan[:] = [(_stamp_of(pkg), os.fspath(pkg.path), part, scan)]
+def remember_scan(pkg: Package, part: str, scan: Scan, pending: Validator | None = None) -> None:
+    """Keep the first scan of a file whose checks just passed (or, with ``pending``, whose XML check
+    is still running), for an append to the same file."""
+    for *_, old in _checked_scan:
+        if old is not None and old is not pending:
+            old.cancel()
+    _checked_scan[:] = [(_stamp_of(pkg), os.fspath(pkg.path), part, scan, pending)]
 
 
 def _recall_scan(pkg: Package, part: str) -> Scan | None:
-    for stamp, path, p, scan in _checked_scan:
+    for i, (stamp, path, p, scan, pending) in enumerate(_checked_scan):
         if p == part and path == os.fspath(pkg.path) and stamp == _stamp_of(pkg):
+            if pending is not None:
+                del _checked_scan[i]
+                pending.join()               # SheetDamaged when the part is not well-formed
+                _checked_scan.insert(i, (stamp, path, p, scan, None))
             return scan
     return None
+
+
+class Prescan:
+    """The first pass of an append made beside a read of the same part (:func:`.read.read_table`
+    with ``prescan``), with the XML check started in a child: a commit gate that reads the sheet
+    after a foreign save, then checks it, then writes it, reads its rows once, not three times.
+
+    Only for a part large enough to be checked in a child (the check never blocks the read); a
+    shape the scan refuses just drops it (the read goes on, and :func:`.append.check_append`
+    will refuse it with its own message)."""
+
+    def __init__(self, pkg: Package, part: str, seg: Segments) -> None:
+        self.pkg, self.part = pkg, part
+        self.validator: Validator | None = Validator(pkg, part)
+        if self.validator.inline:
+            self.validator = None
+        self.scanner: Scanner | None = Scanner(pkg, part, seg, True) if self.validator is not None else None
+
+    def feed(self, chunk: bytes) -> None:
+        if self.scanner is None:
+            return
+        try:
+            self.scanner.feed(chunk)
+        except SheetDamaged:
+            self.drop()
+
+    def drop(self) -> None:
+        self.scanner = None
+        if self.validator is not None:
+            self.validator.cancel()
+            self.validator = None
+
+    def finish(self) -> None:
+        """The read is complete: keep the scan for an append to this very file."""
+        if self.scanner is None or self.validator is None:
+            return
+        try:
+            scan = self.scanner.finish()
+        except SheetDamaged:
+            self.drop()
+            return
+        remember_scan(self.pkg, self.part, scan, self.validator)
+        self.scanner = self.validator = None
 
 
 @contextlib.contextmanager

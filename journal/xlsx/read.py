@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 from ..names import header_key as normalize_header
 from .constants import HEADER_SCAN_ROWS, MAX_COL, MAX_ROW
+from .edit import Prescan
 from .package import Package, SharedStrings, damaged, load_shared_strings
 from .ranges import col_index, col_letters
 from .scan import Segments, Sx, iter_sheet, row_spans
@@ -24,6 +25,27 @@ def _check_row(r: int) -> int:
     if r > MAX_ROW:
         raise _OutOfSheet(f"row {r:,}, past Excel's last row {MAX_ROW:,}")
     return r
+
+
+Sink = Callable[[list[int], list[dict[int, Value]], dict[str, int]], None]
+
+
+class _Rows:
+    """Data rows as they are read: their numbers and their values, side by side."""
+
+    __slots__ = ("numbers", "values")
+
+    def __init__(self) -> None:
+        self.numbers: list[int] = []
+        self.values: list[dict[int, Value]] = []
+
+    def add(self, number: int, values: dict[int, Value]) -> None:
+        self.numbers.append(number)
+        self.values.append(values)
+
+    def add_rows(self, rows: list[Row]) -> None:
+        for r in rows:
+            self.add(r.number, r.values)
 
 
 class Row(NamedTuple):
@@ -66,16 +88,20 @@ def _parse_cells(body: bytes, sx: Sx, sst: SharedStrings,
 
 def read_table(path: str | os.PathLike[str], worksheet: str | None = None,
                columns: list[str] | None = None,
-               sink: Callable[[list[Row], dict[str, int]], None] | None = None) -> Table:
+               sink: Sink | None = None, prescan: bool = False) -> Table:
     """Read the master worksheet's header and data rows, streaming its XML.
 
     Args:
         path: the workbook.
         worksheet: the worksheet's name; None or "" means the first worksheet.
         columns: normalized header names whose values to load; None loads every column.
-        sink: called with each chunk's data rows (and the header's column map) as they are read,
-            instead of keeping them in ``Table.rows`` (which stays empty): the caller keeps what
-            it needs in its own form, and the rows of a large sheet never exist all at once.
+        sink: called with each chunk's data rows, as their numbers and their values (and the
+            header's column map), as they are read, instead of keeping them in ``Table.rows``
+            (which stays empty): the caller keeps what it needs in its own form, and the rows of
+            a large sheet never exist all at once.
+        prescan: make, in the same pass, the first pass of an append to this file, and start
+            its XML check in a child (:class:`.edit.Prescan`): an append or check right after,
+            on the same file, starts from them.
 
     Returns:
         A Table; ``header_row`` is 0 (and ``headers``/``columns`` empty) when none of rows
@@ -88,6 +114,7 @@ def read_table(path: str | os.PathLike[str], worksheet: str | None = None,
         info = pkg.sheet(worksheet)
         sst = load_shared_strings(pkg)
         seg = Segments()
+        pre = Prescan(pkg, info.part, seg) if prescan else None
         header_row = 0
         headers: dict[int, str] = {}
         colmap: dict[str, int] = {}
@@ -95,12 +122,14 @@ def read_table(path: str | os.PathLike[str], worksheet: str | None = None,
         wanted: set[int] | None = None
         fast: re.Pattern[bytes] | None = None
         early: list[Row] = []          # rows 1-10 above the header (or of a sheet without one)
-        rows: list[Row] = []
+        out = _Rows()
         last_r = 0
         try:
             for chunk in iter_sheet(pkg, info.part, False, seg):
                 sx = seg.sx
                 assert sx is not None
+                if pre is not None:
+                    pre.feed(chunk)
                 if not decided:
                     pos = 0
                     for r, _s0, s1, e in row_spans(chunk, sx):
@@ -123,22 +152,28 @@ def read_table(path: str | os.PathLike[str], worksheet: str | None = None,
                         continue
                     wanted, fast = _wanted(columns, colmap, sx)
                     if not header_row:
-                        rows = _only(early, wanted)
+                        out.add_rows(_only(early, wanted))
                     chunk = chunk[pos:]
-                last_r = _read_chunk(chunk, sx, sst, wanted, fast, rows, last_r)
-                if sink is not None and rows:
-                    sink(rows, colmap)
-                    rows = []
+                last_r = _read_chunk(chunk, sx, sst, wanted, fast, out, last_r)
+                if sink is not None and out.numbers:
+                    sink(out.numbers, out.values, colmap)
+                    out = _Rows()
         except _OutOfSheet as e:
             raise damaged(pkg.path, f"{info.part} has {e}",
                           "Open and repair the workbook in Excel, or restore it from a backup.") from None
+        except BaseException:
+            if pre is not None:
+                pre.drop()
+            raise
+        if pre is not None:
+            pre.finish()
         if not decided:
             wanted, _ = _wanted(columns, colmap, None)
-            rows = _only(early, wanted)
-        if sink is not None and rows:
-            sink(rows, colmap)
-            rows = []
-        return Table(info.name, header_row, headers, colmap, rows)
+            out.add_rows(_only(early, wanted))
+        if sink is not None and out.numbers:
+            sink(out.numbers, out.values, colmap)
+            out = _Rows()
+        return Table(info.name, header_row, headers, colmap, list(map(Row, out.numbers, out.values)))
 
 
 def _wanted(columns: list[str] | None, colmap: dict[str, int],
@@ -197,7 +232,7 @@ def _holds_value(chunk: bytes, start: int, end: int, sx: Sx, sst: SharedStrings,
 
 
 def _read_chunk(chunk: bytes, sx: Sx, sst: SharedStrings, wanted: set[int] | None,
-                fast: re.Pattern[bytes] | None, rows: list[Row], last_r: int) -> int:
+                fast: re.Pattern[bytes] | None, out: _Rows, last_r: int) -> int:
     """Append the rows of one chunk that hold a value; returns the last row number seen.
 
     The fast path needs every row and cell to carry its ``r`` first, as Excel, LibreOffice,
@@ -254,7 +289,8 @@ def _read_chunk(chunk: bytes, sx: Sx, sst: SharedStrings, wanted: set[int] | Non
             for nb in by_row:
                 _check_row(int(nb))
         if by_row and len(by_row) == chunk.count(sx.row_tag):      # every row holds a wanted value
-            rows.extend([Row(int(nb), d) for nb, d in by_row.items()])
+            out.numbers.extend(map(int, by_row))
+            out.values.extend(by_row.values())
             return int(next(reversed(by_row)))
         # Some rows hold no wanted value: walk the rows in order, each body cut between its
         # start and the next row's (one pass over the chunk, never a search from its start).
@@ -265,9 +301,9 @@ def _read_chunk(chunk: bytes, sx: Sx, sst: SharedStrings, wanted: set[int] | Non
             start, nb = starts[i]
             d = by_row.get(nb)  # type: ignore[assignment]
             if d is not None:
-                rows.append(Row(int(nb), d))
+                out.add(int(nb), d)
             elif _holds_value(chunk, start, starts[i + 1][0], sx, sst, value_re):
-                rows.append(Row(int(nb), {}))
+                out.add(int(nb), {})
             last_r = _check_row(int(nb))
         return last_r
     for r, _s0, s1, e in row_spans(chunk, sx):
@@ -277,5 +313,5 @@ def _read_chunk(chunk: bytes, sx: Sx, sst: SharedStrings, wanted: set[int] | Non
             continue
         vals, any_value = _parse_cells(chunk[s1:e], sx, sst, wanted)
         if any_value:
-            rows.append(Row(r, vals))
+            out.add(r, vals)
     return last_r

@@ -298,30 +298,34 @@ def _check_chunk(chunk: bytes, sx: Sx, pkg: Package, part: str) -> list[int]:
     return nums
 
 
-def scan_sheet(pkg: Package, part: str, validate: bool = True, keep_rest: bool = False) -> Scan:
-    """Check the part's shape, find the last row holding content, and (``validate``) run expat over it.
+class Scanner:
+    """The first pass of a write, fed one chunk of the part at a time (:func:`iter_sheet`'s): checks
+    the rows' shape and finds the last row holding content.  :func:`scan_sheet` drives it alone;
+    :func:`.read.read_table` can drive it beside its own reading, so one pass does both."""
 
-    With ``keep_rest`` the bytes after the last content row (where an append merges its rows) are
-    kept in ``Scan.rest``, so an append can check them before it writes anything.
-    """
-    seg = Segments()
-    scan: Scan | None = None
-    offset = 0
-    prev = 0
-    rest: list[bytes] = []
-    for chunk in iter_sheet(pkg, part, validate, seg):
+    def __init__(self, pkg: Package, part: str, seg: Segments, keep_rest: bool) -> None:
+        self.pkg, self.part, self.seg, self.keep_rest = pkg, part, seg, keep_rest
+        self.scan: Scan | None = None
+        self.offset = 0
+        self.prev = 0
+        self.rest: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> None:
+        pkg, part, seg = self.pkg, self.part, self.seg
         sx = seg.sx
         assert sx is not None
+        scan = self.scan
         if scan is None:
-            scan = Scan(seg, sx)
+            scan = self.scan = Scan(seg, sx)
         check_odd(pkg, part, seg)
         nums = _check_chunk(chunk, sx, pkg, part)
         if nums:
+            prev = self.prev
             if nums[0] <= prev or nums[-1] > MAX_ROW or not all(map(operator.lt, nums, nums[1:])):
                 bad = next((b for a, b in zip([prev, *nums], nums, strict=False) if b <= a), nums[-1])
                 raise damaged(pkg.path, f"{part} has row {bad} out of order or past the last row",
                               "Open and re-save the workbook in Excel.")
-            prev = nums[-1]
+            self.prev = nums[-1]
             scan.max_row = nums[-1]
         end = len(chunk)
         found = False
@@ -342,23 +346,39 @@ def scan_sheet(pkg: Package, part: str, validate: bool = True, keep_rest: bool =
                         raise damaged(pkg.path, f"{part}: row {r} has no end tag")
                     row_end += len(sx.row_end)
                 scan.last_content_row = r
-                scan.last_content_end = offset + row_end
+                scan.last_content_end = self.offset + row_end
                 found = True
-                if keep_rest:
-                    rest = [chunk[row_end:]]
+                if self.keep_rest:
+                    self.rest = [chunk[row_end:]]
                 break
             end = s0
-        if keep_rest and not found:
-            rest.append(chunk)
-        offset += len(chunk)
-    if scan is None:   # no rows at all
-        assert seg.sx is not None
-        scan = Scan(seg, seg.sx)
-    scan.body_len = offset
-    if keep_rest:
-        scan.rest = rest
-    check_odd(pkg, part, seg)
-    return scan
+        if self.keep_rest and not found:
+            self.rest.append(chunk)
+        self.offset += len(chunk)
+
+    def finish(self) -> Scan:
+        scan = self.scan
+        if scan is None:   # no rows at all
+            assert self.seg.sx is not None
+            scan = Scan(self.seg, self.seg.sx)
+        scan.body_len = self.offset
+        if self.keep_rest:
+            scan.rest = self.rest
+        check_odd(self.pkg, self.part, self.seg)
+        return scan
+
+
+def scan_sheet(pkg: Package, part: str, validate: bool = True, keep_rest: bool = False) -> Scan:
+    """Check the part's shape, find the last row holding content, and (``validate``) run expat over it.
+
+    With ``keep_rest`` the bytes after the last content row (where an append merges its rows) are
+    kept in ``Scan.rest``, so an append can check them before it writes anything.
+    """
+    seg = Segments()
+    scanner = Scanner(pkg, part, seg, keep_rest)
+    for chunk in iter_sheet(pkg, part, validate, seg):
+        scanner.feed(chunk)
+    return scanner.finish()
 
 
 def check_odd(pkg: Package, part: str, seg: Segments) -> None:
