@@ -101,6 +101,7 @@ def _central_field(path: Path, member: str, field: str, value: int) -> None:
 
 @pytest.mark.parametrize("op", ALL.values(), ids=ALL.keys())
 @pytest.mark.parametrize("lie", ["crc", "usize-short", "usize-long", "csize-short"])
+@pytest.mark.usefixtures("validator")
 def test_a_sheet_part_whose_directory_entry_lies(tmp_path: Path, op: Op, lie: str) -> None:
     """The inflater checks the CRC-32 and the size the central directory declares, and never inflates
     past that size or reads past the compressed size."""
@@ -296,3 +297,38 @@ def test_a_failing_validator_child_falls_back_to_checking_in_process(tmp_path: P
     assert xlsx.append_rows(path, None, [{1: "x"}]) == [7]
     patch_member(path, SHEET, lambda b: b.replace(b"</c></row>", b"</c></rwo>", 1))
     refused(path, APPEND, "not well-formed")
+
+
+@pytest.mark.parametrize("engine", ["zlib", "isal"])
+@pytest.mark.parametrize("lie", [None, "crc", "usize-long", "malformed"])
+def test_the_validator_child_inflates_and_checks_the_part_itself(tmp_path: Path, engine: str,
+                                                                 lie: str | None) -> None:
+    """The child (``validate.py``, run without ``site``) inflates the part with ISA-L when the parent passes
+    where python-isal lives, checks its size and CRC-32, and runs expat over it: exit 0, or 3 and why."""
+    if engine == "isal":
+        pytest.importorskip("isal")
+    from journal.xlsx import deflate, validate
+    rows = data_rows(400)
+    if lie == "malformed":
+        path = xlsxwriter_book(tmp_path / "m.xlsx", rows=rows)
+        patch_member(path, SHEET, lambda x: x.replace(b"</sheetData>", b"</sheetDat>"))
+    else:
+        path = xlsxwriter_book(tmp_path / "m.xlsx", rows=rows)
+        if lie is not None:
+            with zipfile.ZipFile(path) as z:
+                info = z.getinfo(SHEET)
+            _central_field(path, SHEET, "crc" if lie == "crc" else "usize",
+                           info.CRC ^ 1 if lie == "crc" else info.file_size + 10)
+    home = deflate.isal_home() if engine == "isal" and deflate.ENGINE == "isal" else []
+    p = subprocess.run([sys.executable, "-I", "-S", validate.__file__, str(path), SHEET, *home],
+                       capture_output=True, text=True)
+    if home:                                            # the child really inflates with ISA-L
+        probe = (f"import sys; sys.path.insert(0, {str(Path(validate.__file__).parent)!r}); import validate; "
+                 f"print(validate._engine({home[0]!r}).__name__)")
+        assert subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True,
+                              text=True).stdout.strip() == "isal.isal_zlib"
+    if lie is None:
+        assert (p.returncode, p.stdout) == (0, "")
+    else:
+        assert p.returncode == 3
+        assert ("not well-formed" if lie == "malformed" else "cannot be inflated") in p.stdout

@@ -43,3 +43,10 @@ def decompressobj() -> Any:
     if _isal is not None:
         return _isal.decompressobj(-15)
     return zlib.decompressobj(-15)
+
+
+def isal_home() -> list[str]:
+    """The folder python-isal is imported from ([] without it): a child started without ``site`` adds it."""
+    if _isal is None:
+        return []
+    return [os.path.dirname(os.path.dirname(os.path.abspath(_isal.__file__)))]

@@ -12,7 +12,7 @@ from typing import BinaryIO
 from journal import fsops
 from journal.errors import SheetDamaged
 
-from . import validate
+from . import deflate, validate
 from .package import Package, Replacement, SheetInfo, Written, damaged, write_package
 from .scan import Scan, Scanner, Segments, check_odd, iter_sheet, scan_sheet
 
@@ -20,8 +20,9 @@ VALIDATOR_MIN_BYTES = 8 << 20       # below this a worksheet part is checked in 
 
 
 def child_command(path: str | os.PathLike[str], part: str) -> list[str]:
-    """The validator child: this Python, isolated, running :mod:`.validate` by its file path."""
-    return [sys.executable, "-I", "-S", validate.__file__, os.fspath(path), part]
+    """The validator child: this Python, isolated, running :mod:`.validate` by its file path (and
+    told where python-isal is, when this process inflates with it)."""
+    return [sys.executable, "-I", "-S", validate.__file__, os.fspath(path), part, *deflate.isal_home()]
 
 
 class Validator:

@@ -238,7 +238,7 @@ def _read_chunk(chunk: bytes, sx: Sx, sst: SharedStrings, wanted: set[int] | Non
     The fast path needs every row and cell to carry its ``r`` first, as Excel, LibreOffice,
     openpyxl and XlsxWriter write them; anything else is parsed cell by cell.
     """
-    if fast is not None and not sx.no_r_re.search(chunk):
+    if fast is not None and sx.r_first(chunk):
         s0 = chunk.rfind(sx.row_r)          # the chunk's last row (rows ascend: the scan of a write checks)
         if s0 >= 0 and (m := sx.row_num_re.match(chunk, s0)):
             _check_row(int(m.group(1)))

@@ -45,6 +45,15 @@ class Sx:
         self.cell_r = b"<" + p0 + b'c r="'
         self.v_open = b"<" + p0 + b"v>"
         self.v_close = b"</" + p0 + b"v>"
+        self._r_chunk: bytes | None = None
+        self._r_first = False
+
+    def r_first(self, chunk: bytes) -> bool:
+        """Whether every row and cell in a chunk carries ``r`` as its first attribute (the fast paths'
+        condition); the reader and the scan of one pass ask it of the same chunk, so it is kept."""
+        if chunk is not self._r_chunk:
+            self._r_chunk, self._r_first = chunk, self.no_r_re.search(chunk) is None
+        return self._r_first
 
     def row_number(self, attrs: bytes | None) -> int | None:
         """A row's ``r`` from its start tag's attributes, in any order; None when it has none (or not a number)."""
@@ -77,7 +86,7 @@ class Sx:
         C; any other order or quoting falls back to reading each row's and cell's attributes.
         """
         nums = self.row_num_re.findall(chunk)
-        if len(nums) == chunk.count(self.row_r) and not self.no_r_re.search(chunk):
+        if len(nums) == chunk.count(self.row_r) and self.r_first(chunk):
             return list(map(int, nums))
         out = []
         for m in self.row_re.finditer(chunk):
