@@ -24,6 +24,8 @@ Measured as a user sees it, each command a separate process (median of
 
 * ``sop-recover`` with nothing open (target <= 0.5 s);
 * ``sop-begin`` (target <= 0.5 s), and the same on an empty journal;
+* ``sop-commit`` (begun untimed), and the same on a copy of the sheet adopted by a workspace
+  whose journal is empty (target: <= 1.1 x, whatever the segment's fullness and the history);
 * ``sop-log --strategy Target_Strategy`` (target <= 2 s), ``sop-log TXID``, ``sop-status``;
 * once: ``sop-log --strategy`` with the index deleted (what a linear scan costs), and
   ``sop-fsck`` over everything (no target: it reads all).
@@ -215,6 +217,19 @@ def timed(cmd: list[str], root: Path, repeat: int, *, vary: bool = False) -> lis
     return times
 
 
+def commits(root: Path, repeat: int, tag: str) -> list[float]:
+    """``sop-commit`` of a run begun (untimed) with its metadata written, ``repeat`` times after a warm-up."""
+    times = []
+    for k in range(repeat + 1):
+        _, p = sop("begin", "--strategy", f"{tag}{k}", "--json", "--owner-pid", str(os.getpid()), root=root)
+        tx = json.loads(p.stdout)
+        Path(tx["strategy_dir"], "run_metadata.json").write_text(json.dumps({"run_id": tx["run_id"]}))
+        dt, _ = sop("commit", tx["txid"], root=root)
+        if k:
+            times.append(dt)
+    return times
+
+
 def machine() -> str:
     model = platform.processor() or ""
     try:
@@ -268,6 +283,15 @@ def main() -> None:
         shutil.rmtree(root / ".sop" / "cache")
         cold, _ = sop("log", "--strategy", TARGET, "--json", root=root)      # reads and indexes every segment
         status = timed(["status"], root, args.repeat)
+        # sop-commit against the fullness of the active segment and the history's length: the same
+        # sheet (a copy of this one's, ~114,000 rows) adopted by a workspace whose journal is empty
+        base = tmp / "base"
+        (base / "backtests").mkdir(parents=True)
+        shutil.copy2(root / "backtests" / "Strategy_Master_Filter.xlsx", base / "backtests")
+        subprocess.run([sys.executable, str(BIN / "sop-init"), "-C", str(base)], check=True, capture_output=True,
+                       env=env())
+        commit_empty = commits(base, args.repeat, "Base")
+        commit_full = commits(root, args.repeat, "Full")
         fsck_t, p = sop("fsck", "--json", root=root)
         doc = json.loads(p.stdout)
         assert doc["ok"] and doc["records"] >= n, doc["damage"]
@@ -284,6 +308,10 @@ def main() -> None:
         print(f"| sop-recover, nothing open | {m(recover)} | <= 0.5 s |")
         print(f"| sop-begin | {m(begins)} | <= 0.5 s |")
         print(f"| sop-begin on an empty journal (baseline) | {m(empty)} | |")
+        print(f"| sop-commit, nearly full segment, {n:,} records of history | {m(commit_full)} | |")
+        print(f"| sop-commit, the same sheet, an empty journal (baseline) | {m(commit_empty)} | |")
+        print(f"| ratio full / empty | {statistics.median(commit_full) / statistics.median(commit_empty):.2f} x "
+              f"| <= 1.1 x |")
         print(f"| sop-log --strategy {TARGET} ({len(life)} transactions over the whole history) | {m(logs)} | <= 2 s |")
         print(f"| sop-log TXID | {m(one)} | |")
         print(f"| sop-log --strategy after deleting .sop/cache/ (reads and re-indexes every segment; once) "

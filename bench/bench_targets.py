@@ -153,6 +153,28 @@ def foreign_save(path: Path) -> None:
     os.replace(tmp, path)
 
 
+def concurrent_runs(root: Path, n: int, what: str) -> float:
+    """``n`` sop-run processes started at once, each writing its run_metadata.json; prints and returns the wall."""
+    t = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, str(BIN / "sop-run"), "-C", str(root), "--strategy",
+                               f"Run{i}", "--", sys.executable, "-c",
+                               "import json,os; json.dump({'run_id': os.environ['SOP_RUN_ID']}, "
+                               "open(os.path.join(os.environ['SOP_STRATEGY_DIR'], 'run_metadata.json'),"
+                               "'w'))"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for i in range(n)]
+    codes = [p.wait() for p in procs]
+    wall = time.perf_counter() - t
+    errs = {p.stderr.read().decode()[-300:] for p, c in zip(procs, codes, strict=True) if c and p.stderr}
+    from journal import sheet, workspace
+    view = sheet.read(workspace.open_workspace(root), cache=False)
+    present = sum(1 for i in range(n) if view.strategy_rows(f"Run{i}"))
+    print(f"| {n} concurrent sop-run, {what} | {wall:.1f} s | | | {load()} | exit codes "
+          f"{sorted(set(codes))}, {present}/{n} rows |", flush=True)
+    for e in errs:
+        print("   stderr:", e.replace("\n", " "))
+    return wall
+
+
 def med(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
@@ -217,23 +239,19 @@ def main() -> None:
                       f"steady sop-commit is {op['wall'] / med(steady, 'wall'):.0f} x faster"))
         if args.concurrent:                                     # with the default [lock] settings
             (root / ".sop" / "config.toml").write_text(default_config)
-            t = time.perf_counter()
-            procs = [subprocess.Popen([sys.executable, str(BIN / "sop-run"), "-C", str(root), "--strategy",
-                                       f"Run{i}", "--", sys.executable, "-c",
-                                       "import json,os; json.dump({'run_id': os.environ['SOP_RUN_ID']}, "
-                                       "open(os.path.join(os.environ['SOP_STRATEGY_DIR'], 'run_metadata.json'),"
-                                       "'w'))"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                     for i in range(args.concurrent)]
-            codes = [p.wait() for p in procs]
-            wall = time.perf_counter() - t
-            errs = {p.stderr.read().decode()[-300:] for p, c in zip(procs, codes, strict=True) if c and p.stderr}
-            from journal import sheet, workspace
-            view = sheet.read(workspace.open_workspace(root), cache=False)
-            present = sum(1 for i in range(args.concurrent) if view.strategy_rows(f"Run{i}"))
-            print(f"| {args.concurrent} concurrent sop-run | {wall:.1f} s | | | {load()} | exit codes "
-                  f"{sorted(set(codes))}, {present}/{args.concurrent} rows |")
-            for e in errs:
-                print("   stderr:", e.replace("\n", " "))
+            one = med(steady, "wall")
+            wall = concurrent_runs(root, args.concurrent, f"{args.rows:,}-row sheet")
+            # The same runs on a sheet of one row: what 64 processes cost on 2 cores before the sheet
+            # has any size (interpreters, imports, the journal, the backtest command); the ratio
+            # that follows is what the sheet adds, in commits.
+            tiny = Path(d) / "tiny"
+            tiny.mkdir()
+            sop("init", tiny)
+            (tiny / "runs").mkdir(exist_ok=True)
+            floor = concurrent_runs(tiny, args.concurrent, "sheet of 0 rows (the floor)")
+            print(f"| {args.concurrent} concurrent sop-run: total | {wall / one:.1f} x one steady commit "
+                  f"({one:.3f} s) | | | {load()} | the sheet's share: ({wall:.1f} - {floor:.1f}) s = "
+                  f"{(wall - floor) / one:.1f} x one commit |")
     if args.no_ids:
         for ids in (True, False):
             with tempfile.TemporaryDirectory() as d:

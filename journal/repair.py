@@ -132,7 +132,7 @@ def _lost_steps(w: wal.Writer, ws: Workspace, view: sheet.SheetView, want: list[
                 items: list[RestoreItem]) -> list[dict[str, Any]]:
     """Plan the return of committed rows the sheet lost (all, or the txids in ``want``)."""
     rows = wal.committed_rows(ws, w.j)
-    present = set(view.keylists()[1])
+    present = view.present(1, rows)
     missing = sorted((e for k, e in rows.items() if k not in present), key=lambda e: e.seq)
     by_txid = {e.txid: e for e in missing}
     if want is None:                    # every lost row; an accepted loss comes back only when named

@@ -30,6 +30,7 @@ import operator
 import os
 import sys
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -186,11 +187,35 @@ class SheetView:
                 return out
             out.append(self._row(i))
 
+    def present(self, which: int, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` (comparison keys) are on the sheet, as strategies (0) or run ids (1).
+
+        A packed index is split a megabyte at a time, so the sheet's keys never exist as one set
+        (at 1M rows that set and its strings are ~200 MB; a ledger's keys are few by comparison)."""
+        want = set(keys)
+        want.discard("")                    # an empty cell is no key
+        if not want:
+            return want
+        if self._keylists is not None or self.packed is None:
+            return want.intersection(self.keylists()[which])
+        blob, _offs = self.packed._keyed(which)
+        wanted = {k.encode() for k in want}
+        found: set[bytes] = set()
+        step, at, n = _PRESENT_STEP, 1, len(blob)
+        while at < n:
+            end = blob.find(b"\0", min(at + step, n - 1))
+            found |= wanted.intersection(blob[at:end].split(b"\0"))
+            at = end + 1
+        return {k.decode() for k in found}
+
     def strategy_rows(self, strategy: str) -> list[SheetRow]:
         return self._find(0, strategy)
 
     def run_rows(self, run_id: str) -> list[SheetRow]:
         return self._find(1, run_id)
+
+
+_PRESENT_STEP = 1 << 20
 
 
 def _check_readable(path: Path) -> None:

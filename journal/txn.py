@@ -835,7 +835,7 @@ class LostReport:
 def lost_rows(ws: Workspace, j: wal.Loaded, view: sheet.SheetView) -> tuple[ledger.Lost, dict[str, ledger.Entry]]:
     """What the ledger says the sheet should hold and does not, and the ledger itself."""
     rows = wal.committed_rows(ws, j)
-    return ledger.find_lost(rows, set(view.keylists()[1])), rows
+    return ledger.find_lost(rows, view.present(1, rows)), rows
 
 
 def lost_report(ws: Workspace, lost: ledger.Lost) -> LostReport:

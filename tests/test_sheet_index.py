@@ -127,3 +127,23 @@ def test_an_index_packed_chunk_by_chunk_is_the_index_packed_at_once(batches: lis
             assert [r.number for r in packed.strategy_rows(t.swapcase())] == \
                    [r.number for r in whole.strategy_rows(t)] != []
     assert packed.keylists() == whole.keylists()
+
+
+@pytest.mark.parametrize("step", [1, 7, 1 << 20])
+def test_which_keys_are_present_is_answered_from_the_packed_keys_piece_by_piece(
+        step: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SheetView.present`` splits the packed keys a piece at a time (the lost-row check's question: which
+    of the ledger's run ids are on the sheet) and answers as the whole set of keys would."""
+    monkeypatch.setattr(sheet, "_PRESENT_STEP", step)
+    strategies = ["Alpha", "", "Ωmega", "beta", "alpha"]
+    runs = ["r-1", "R-2", "", "run-Ü", "r-5"]
+    packer = sheet._Packer()
+    packer.add([2, 3], strategies[:2], runs[:2])
+    packer.add([4, 5, 6], strategies[2:], runs[2:])
+    packed = sheet.SheetView(Path("x.xlsx"), "M", 1, {}, {}, packed=packer.packed())
+    lists = sheet.SheetView(Path("x.xlsx"), "M", 1, {}, {}, lists=([2, 3, 4, 5, 6], strategies, runs))
+    asked = ["r-1", "r-2", "run-ü", "r-5", "r-9", "r", "-1", ""]
+    assert packed.present(1, asked) == lists.present(1, asked) == {"r-1", "r-2", "run-ü", "r-5"}
+    assert packed.present(0, ["alpha", "ωmega", "gamma"]) == {"alpha", "ωmega"}
+    assert packed.present(1, []) == set()
+    assert packed._lists is None and packed._keylists is None        # nothing was unpacked
