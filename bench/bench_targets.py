@@ -15,7 +15,9 @@ which include its reaped children, i.e. the XML check's child):
 * ``sop-begin`` on the unchanged sheet (peak RSS);
 * ``--openpyxl``: openpyxl load + append + save once (slow: ~25 s at 100k rows);
 * ``--concurrent N``: N ``sop-run`` processes started at once (the default ``[lock]`` settings), each
-  writing its ``run_metadata.json``;
+  writing its ``run_metadata.json``; then the same N on a workspace whose sheet is empty (what N
+  processes cost on this machine before the sheet has any size: interpreters, imports, the
+  journal, the backtest command), and the difference in steady commits (the sheet's share);
 * ``--no-ids N``: ``sop init`` and ``sop-begin`` on N rows whose Strategy/RunID cells are empty,
   against N rows that hold them.
 
