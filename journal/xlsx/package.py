@@ -6,6 +6,7 @@ import os
 import re
 import stat
 import struct
+import sys
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -435,14 +436,65 @@ FLUSH = Flush()
 class Copied:
     """In a replacement's pieces, right after a :data:`FLUSH`: deflated bytes copied as they are.
 
-    They must be a deflate piece that starts and ends at a full flush (no back reference
+    They are the ``csize`` bytes at ``offset`` of the file ``src`` (:func:`copy_range` copies
+    them), and must be a deflate piece that starts and ends at a full flush (no back reference
     before its start, not the final block), whose inflated bytes are ``usize`` long with
     CRC-32 ``crc``.
     """
 
     usize: int
     crc: int
-    chunks: Callable[[], Iterable[bytes]]
+    src: BinaryIO
+    offset: int
+    csize: int
+
+
+KERNEL_COPY_MIN = 1 << 16           # smaller ranges go through the writer's buffer (no flush, no extra call)
+
+
+def _kernel_copy(src: BinaryIO, offset: int, length: int, out: BinaryIO) -> int:
+    """Copy what the kernel will of ``length`` bytes at ``offset`` of ``src`` to the end of ``out``.
+
+    ``os.copy_file_range`` (Linux) moves the bytes between the files without bringing them into
+    this process (no 4 MB buffers to fault in, no copies through user space).  Returns how many
+    it copied: 0 on another system or when the call fails at once (EXDEV, ENOSYS, EINVAL…, or
+    any other error, which the plain copy then meets itself), fewer when the source ended or the
+    call failed part way; ``out`` is positioned after what was copied.
+    """
+    if sys.platform != "linux" or length < KERNEL_COPY_MIN:
+        return 0
+    out.flush()
+    pos = out.tell()
+    done = 0
+    try:
+        while done < length:
+            n = os.copy_file_range(src.fileno(), out.fileno(), length - done, offset + done, pos + done)
+            if n <= 0:
+                break                   # the source ended: the plain copy finds out how
+            done += n
+    except (OSError, AttributeError):   # AttributeError: a Python built without it
+        pass
+    if done:
+        out.seek(pos + done)
+    return done
+
+
+def copy_range(src: BinaryIO, offset: int, length: int, out: BinaryIO) -> int:
+    """Copy ``length`` bytes at ``offset`` of ``src`` to ``out``; returns how many there were (fewer: it ended).
+
+    The kernel copies them where it can (:func:`_kernel_copy`), else they are read and written
+    a chunk at a time.
+    """
+    done = _kernel_copy(src, offset, length, out)
+    if done < length:
+        src.seek(offset + done)
+        while done < length:
+            b = src.read(min(length - done, CHUNK))
+            if not b:
+                break
+            out.write(b)
+            done += len(b)
+    return done
 
 
 @dataclass(frozen=True)
@@ -488,9 +540,9 @@ def _deflate(rep: Replacement, out: BinaryIO, level: int) -> tuple[int, int, int
         if isinstance(piece, Copied):
             if comp is not None:
                 raise ValueError("copied deflate bytes must follow a full flush")
-            for z in piece.chunks():
-                csize += len(z)
-                out.write(z)
+            if copy_range(piece.src, piece.offset, piece.csize, out) != piece.csize:
+                raise OSError("the workbook was truncated while it was being copied")
+            csize += piece.csize
             crc = crc32_combine(crc, piece.crc, piece.usize)
             piece_crc = crc32_combine(piece_crc, piece.crc, piece.usize)
             usize += piece.usize
@@ -556,14 +608,8 @@ def write_package(pkg: Package, out: BinaryIO, replace: dict[str, Replacement], 
             if len(lh) < 30 or lh[:4] != b"PK\x03\x04":
                 raise damaged(pkg.path, f"zip member {name} has a bad local header")
             n, e = struct.unpack("<HH", lh[26:30])
-            pkg.f.seek(info.header_offset + 30 + n + e)
-            left = csize
-            while left:
-                b = pkg.f.read(min(left, CHUNK))
-                if not b:
-                    raise damaged(pkg.path, f"zip member {name} is truncated")
-                out.write(b)
-                left -= len(b)
+            if copy_range(pkg.f, info.header_offset + 30 + n + e, csize, out) != csize:
+                raise damaged(pkg.path, f"zip member {name} is truncated")
         if offset >= _LIMIT:
             raise damaged(pkg.path, "the workbook would be over 4 GB, which sop does not write")
         version = max(info.extract_version, 20) if name not in replace else 20
