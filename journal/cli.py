@@ -685,8 +685,10 @@ def _as_program(command: click.Command, prog_name: str) -> NoReturn:
     Freeing every module's objects one by one costs a command ~20 ms at exit (click, msgspec,
     the workbook engine…) that the kernel does at once when the process ends.  Only when nothing
     else needs the orderly exit: the exit status is a number, the streams flush, one thread
-    runs and no PostgreSQL connection waits to be closed (the locks are released already, and
-    the kernel would drop them anyway).  Anything else leaves the ordinary way, as click does.
+    runs, no PostgreSQL connection waits to be closed (the locks are released already, and
+    the kernel would drop them anyway), and no profiler, tracer or coverage tool waits to
+    write its report (``python -m cProfile bin/sop-commit …``).  Anything else leaves the
+    ordinary way, as click does.
     """
     _safe_streams()
     try:
@@ -696,7 +698,8 @@ def _as_program(command: click.Command, prog_name: str) -> NoReturn:
         code = 0 if e.code is None else e.code
     import threading
 
-    if isinstance(code, int) and threading.active_count() == 1 and "psycopg" not in sys.modules:
+    if (isinstance(code, int) and threading.active_count() == 1 and "psycopg" not in sys.modules
+            and sys.getprofile() is None and sys.gettrace() is None and not sys.flags.inspect):
         try:
             for stream in (sys.stdout, sys.stderr):
                 if stream is not None:

@@ -220,6 +220,13 @@ def test_a_command_run_as_the_program_leaves_by_os_exit_only_when_nothing_needs_
         cli._as_program(command(3), "sop-x")
     assert e.value.code == 3
     monkeypatch.delitem(sys.modules, "psycopg")
+    monkeypatch.setattr(sys, "getprofile", lambda: object())       # python -m cProfile: let it write its report
+    with pytest.raises(SystemExit) as e:
+        cli._as_program(command(5), "sop-x")
+    assert e.value.code == 5
+    monkeypatch.undo()
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    monkeypatch.setattr(sys, "argv", ["sop-x"])
     stop = threading.Event()
     t = threading.Thread(target=stop.wait)
     t.start()
