@@ -355,7 +355,7 @@ class _Packed:
     # -- a few bytes at a time
 
     def _get(self, at: int, n: int) -> bytes:
-        if self._raw is not None:
+        if self._raw is not None and at + n <= len(self._raw):
             return self._raw[at:at + n]
         assert isinstance(self.src, _File)
         return self.src.read(at, n)
@@ -446,9 +446,10 @@ class _Packed:
 
     @property
     def raw(self) -> bytes:
+        """The file up to its order sections (which the lists never need: 8 MB at 1M rows)."""
         if self._raw is None:
             assert isinstance(self.src, _File)
-            self._raw = self.src.read(0, self.src.size)
+            self._raw = self.src.read(0, self.spans[self.order_at - 1][1])
         return self._raw
 
     @property
