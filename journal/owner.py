@@ -48,7 +48,6 @@ from __future__ import annotations
 import functools
 import getpass
 import os
-import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -79,6 +78,10 @@ class Host:
 
 
 def hostname() -> str:
+    """This host's name (gethostname(3)); uname gives the same without importing socket (~2 ms)."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
     return socket.gethostname()
 
 

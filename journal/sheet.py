@@ -16,7 +16,26 @@ order), and for strategies then run ids a blob (``\0``, then each text in
 UTF-8 followed by ``\0``) and the offset of each text's leading ``\0``
 (unsigned 32-bit, one more for the last ``\0``); a column holding non-ASCII
 text is followed (after both columns) by its comparison keys, packed the
-same way.  Any other content is not this version: the sheet is read again.
+same way; when the header's ``ordered`` is set (sop writes it so since
+2026-12), the file ends with each column's row indexes (unsigned 32-bit)
+sorted by key, which a look-up bisects.  Any other content is not this
+version: the sheet is read again.
+
+A commit does not rewrite that file: it writes the rows it appended (and
+those of the commits before it since the file was written) to the delta
+file beside it, ``sheet-index-<hash>-delta.msgpack`` (:func:`_load_delta`):
+``sop-sheet-delta 1\n``, the header's length (4 bytes, little-endian), the
+header (a msgpack array, :class:`_DeltaHeader`: the stamp and row count of
+the cache file it extends, the sheet versions it describes, each with its
+stamp, how many of the delta's rows it holds, whether it is writable and its
+layout, and the CRC-32 of the rest), then the rows (:class:`_DeltaRows`:
+numbers, strategies, run ids).  It names the version before the commit as
+well as the one after, so a workbook that never took the old one's place
+(a crash, a file held open) still finds its index.  Once the delta would
+hold more than 1/16 of the file's rows or :data:`DELTA_MAX` rows, the commit
+writes the cache file anew instead.  A delta that does not extend the cache
+file as it is, names no version matching the sheet, or fails its CRC is not
+believed.
 """
 
 from __future__ import annotations
@@ -28,9 +47,12 @@ import itertools
 import math
 import operator
 import os
+import struct
 import sys
+import weakref
 import zipfile
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -92,9 +114,12 @@ class SheetView:
         self._lists = lists
         self._keylists = keys
         self._maps: tuple[dict[str, list[int]], dict[str, list[int]]] | None = None
+        self._found: dict[tuple[int, str], list[int]] = {}     # look-ups made (the view never changes)
+        self._orders: list[bytes] | None = None                 # its cache file's order sections, once sorted
         self.stamp: list[int] = []                  # the file version this index describes
         self.writable = False                       # this version passed the writer's checks (sop wrote it)
         self.layout: list[Any] | None = None        # where sop's writer laid this version out (xlsx.Layout)
+        self.base: tuple[list[int], int] | None = None  # the cache file this index extends: its stamp, its rows
 
     def _all(self) -> tuple[list[int], list[str], list[str]]:
         if self._lists is None:
@@ -173,19 +198,27 @@ class SheetView:
 
     def _find(self, which: int, name: str) -> list[SheetRow]:
         k = names.key(name)
+        found = self._found.get((which, k))
+        if found is None:                       # a command asks for the same name a few times: look once
+            found = self._found[(which, k)] = self._look_up(which, k)
+        return [self._row(i) for i in found]
+
+    def _look_up(self, which: int, k: str) -> list[int]:
+        """The indexes of the rows whose column ``which`` has the comparison key ``k``."""
         if self._maps is not None:
-            return [self._row(i) for i in self._maps[which].get(k, [])]
-        if self._keylists is None and self.packed is not None:     # search the packed bytes
-            return [self._row(i) for i in self.packed.find(which, k)]
+            return self._maps[which].get(k, [])
+        pk = self.packed
+        if pk is not None and (pk.ordered or self._keylists is None):   # search the packed bytes
+            return pk.find(which, k)
         keys = self.keylists()[which]          # a few look-ups: a scan in C beats building a map
-        out: list[SheetRow] = []
+        out: list[int] = []
         i = -1
         while True:
             try:
                 i = keys.index(k, i + 1)
             except ValueError:
                 return out
-            out.append(self._row(i))
+            out.append(i)
 
     def present(self, which: int, keys: Iterable[str]) -> set[str]:
         """Which of ``keys`` (comparison keys) are on the sheet, as strategies (0) or run ids (1).
@@ -196,9 +229,13 @@ class SheetView:
         want.discard("")                    # an empty cell is no key
         if not want:
             return want
-        if self._keylists is not None or self.packed is None:
+        pk = self.packed
+        if self._keylists is not None or pk is None:
             return want.intersection(self.keylists()[which])
-        blob, _offs = self.packed._keyed(which)
+        if pk.ordered and len(want) <= _PRESENT_LOOKUPS:    # a few keys: bisect the order, ~20 reads each
+            return {k for k in want if pk.find(which, k)}
+        found_extra = want.intersection(pk.extra_keys(which))
+        blob, _offs = pk._keyed(which)
         wanted = {k.encode() for k in want}
         found: set[bytes] = set()
         step, at, n = _PRESENT_STEP, 1, len(blob)
@@ -206,7 +243,7 @@ class SheetView:
             end = blob.find(b"\0", min(at + step, n - 1))
             found |= wanted.intersection(blob[at:end].split(b"\0"))
             at = end + 1
-        return {k.decode() for k in found}
+        return {k.decode() for k in found} | found_extra
 
     def strategy_rows(self, strategy: str) -> list[SheetRow]:
         return self._find(0, strategy)
@@ -215,7 +252,8 @@ class SheetView:
         return self._find(1, run_id)
 
 
-_PRESENT_STEP = 1 << 20
+_PRESENT_STEP = 1 << 20         # present(): the packed keys split this many bytes at a time...
+_PRESENT_LOOKUPS = 2000         # ...unless this few keys are asked of an ordered index
 
 
 def _check_readable(path: Path) -> None:
@@ -244,11 +282,50 @@ class _Header(msgspec.Struct, array_like=True):
     ascii: list[bool]               # per column (strategies, run ids): every text is ASCII (keys are .lower())
     writable: bool = False          # the writer's checks passed on this version (it wrote it, or checked it)
     layout: list[Any] | None = None  # xlsx.Layout.to_list() of this version, when sop's writer laid it out
+    ordered: bool = False           # each column's rows sorted by key follow the other sections
 
 
 _MAGIC = b"sop-sheet-index 2 " + sys.byteorder.encode()[:1] + b"\n"   # native byte order: a local cache
 _encode_header = msgspec.msgpack.Encoder().encode
 _decode_header = msgspec.msgpack.Decoder(_Header).decode
+_U32 = struct.Struct("=I")           # the sections' integers: unsigned 32-bit, native order (array "I")
+_U32_PAIR = struct.Struct("=II")
+
+
+class _File:
+    """A cache file held open and read a range at a time (``os.pread``): a look-up reads a few hundred bytes.
+
+    Not where a file held open may not be replaced (Windows, and network shares, where another
+    host may hold it): there the file is read whole (:func:`_open_cache`).  sop only ever
+    replaces the file, never writes into it; a file cut short underneath (by someone else) is
+    an OSError, not a wrong answer.
+    """
+
+    def __init__(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | fsops.O_BINARY)
+        weakref.finalize(self, os.close, fd)
+        self.fd = fd
+        self.size = os.fstat(fd).st_size
+
+    def read(self, at: int, n: int) -> bytes:
+        if sys.platform == "win32":         # never made there (see _open_cache)
+            raise OSError("no pread on Windows")
+        b = os.pread(self.fd, n, at) if n > 0 else b""
+        if len(b) != n:
+            raise OSError(f"the sheet index cache changed while it was read (wanted {n} bytes at {at}, got {len(b)})")
+        return b
+
+
+_HOLD_OPEN = sys.platform != "win32"
+
+
+def _open_cache(ws: Workspace, path: Path) -> bytes | _File:
+    """The cache file at ``path``: held open on a local POSIX file system, else read whole."""
+    from . import fstype
+
+    if _HOLD_OPEN and fstype.network_mount(ws.sop_dir) is None:     # known already: the store's check asked
+        return _File(path)
+    return path.read_bytes()
 
 
 class _Packed:
@@ -262,42 +339,156 @@ class _Packed:
     for the final ``\\0``); for a column holding non-ASCII text, its keys' blob and
     offsets follow the same way (an ASCII text's key is its ``.lower()``, so an ASCII
     column's keys are its blob lowered).  Texts hold no ``\\0`` (XML cannot carry it).
+    When the header says ``ordered``, two sections end the file: for strategies then run
+    ids, every row's index (unsigned 32-bit, native order) sorted by the row's key as
+    UTF-8 bytes (ties by index), so that a look-up bisects them and reads ~20 keys.
+
+    The file is read a range at a time (:class:`_File`) until something needs all of
+    it (``lists``, ``keylists``, ``sections``).  ``extra`` holds the rows after the
+    file's (those of a matching delta file): they count, are found and listed as
+    rows ``count``, ``count + 1``…
     """
 
-    def __init__(self, hdr: _Header, raw: bytes, start: int) -> None:
+    def __init__(self, hdr: _Header, src: bytes | _File, start: int) -> None:
         self.hdr = hdr
-        self.raw = raw                       # the file; every section is a range of it (nothing copied)
-        mv = memoryview(raw)
+        self.src = src
+        self._raw: bytes | None = src if isinstance(src, bytes) else None
+        size = len(src) if isinstance(src, bytes) else src.size
         at = start
-        self.parts: list[memoryview] = []
-        self.spans: list[tuple[int, int]] = []
-        for size in hdr.sizes:
-            self.parts.append(mv[at:at + size])
-            self.spans.append((at, at + size))
-            at += size
-        if at != len(raw) or len(self.parts) != 5 + 2 * (not hdr.ascii[0]) + 2 * (not hdr.ascii[1]):
+        self.spans: list[tuple[int, int]] = []      # where each section is in the file
+        for n_bytes in hdr.sizes:
+            if n_bytes < 0:
+                raise ValueError("sections do not match the header")
+            self.spans.append((at, at + n_bytes))
+            at += n_bytes
+        self.ordered = hdr.ordered
+        self.order_at = 5 + 2 * (not hdr.ascii[0]) + 2 * (not hdr.ascii[1])     # the first order section
+        if at != size or len(self.spans) != self.order_at + 2 * self.ordered:
             raise ValueError("sections do not match the header")
         n = hdr.count
-        self.nums = self.parts[0].cast("I")
-        self.offs = [self.parts[2].cast("I"), self.parts[4].cast("I")]
-        self.blob_at = [self.spans[1][0], self.spans[3][0]]
         key_at = 5
         self.key_parts: list[int | None] = [None, None]     # the section of a column's own keys
         for c in (0, 1):
             if not hdr.ascii[c]:
                 self.key_parts[c] = key_at
-                if len(self.parts[key_at + 1]) != 4 * (n + 1):
-                    raise ValueError("sections do not match the count")
                 key_at += 2
-        if len(self.nums) != n or any(len(o) != n + 1 for o in self.offs):
+        sizes = hdr.sizes
+        offsets = [2, 4, *(k + 1 for k in self.key_parts if k is not None)]
+        if (sizes[0] != 4 * n or any(sizes[k] != 4 * (n + 1) for k in offsets)
+                or (self.ordered and any(sizes[self.order_at + c] != 4 * n for c in (0, 1)))):
             raise ValueError("sections do not match the count")
+        self.extra: tuple[list[int], list[str], list[str]] = ([], [], [])
+        self._extra_keys: list[list[str] | None] = [None, None]
+        self._parts: list[memoryview] | None = None
         self._lowered: list[bytes | None] = [None, None]
 
+    # -- a few bytes at a time
+
+    def _get(self, at: int, n: int) -> bytes:
+        if self._raw is not None and at + n <= len(self._raw):
+            return self._raw[at:at + n]
+        assert isinstance(self.src, _File)
+        return self.src.read(at, n)
+
+    def _u32(self, at: int) -> int:
+        return int(_U32.unpack(self._get(at, 4))[0])
+
+    def _text_bytes(self, sec: int, i: int) -> bytes:
+        """Text ``i`` of the blob in section ``sec`` (its offsets are section ``sec + 1``), in UTF-8."""
+        a, b = _U32_PAIR.unpack(self._get(self.spans[sec + 1][0] + 4 * i, 8))
+        return self._get(self.spans[sec][0] + a + 1, b - a - 1)
+
+    def _key_bytes(self, c: int, i: int) -> bytes:
+        k = self.key_parts[c]
+        return self._text_bytes(k, i) if k is not None else self._text_bytes(1 + 2 * c, i).lower()
+
     def __len__(self) -> int:
-        return self.hdr.count
+        return self.hdr.count + len(self.extra[0])
 
     def last_number(self) -> int:
-        return self.nums[-1] if self.hdr.count else 0
+        if self.extra[0]:
+            return self.extra[0][-1]
+        n = self.hdr.count
+        return self._u32(self.spans[0][0] + 4 * (n - 1)) if n else 0
+
+    def text(self, c: int, i: int) -> str:
+        n = self.hdr.count
+        return (self.extra[1], self.extra[2])[c][i - n] if i >= n else self._text_bytes(1 + 2 * c, i).decode()
+
+    def row(self, i: int) -> SheetRow:
+        n = self.hdr.count
+        if i >= n:
+            j = i - n
+            return SheetRow(self.extra[0][j], self.extra[1][j], self.extra[2][j])
+        return SheetRow(self._u32(self.spans[0][0] + 4 * i), self.text(0, i), self.text(1, i))
+
+    def extra_keys(self, c: int) -> list[str]:
+        got = self._extra_keys[c]
+        if got is None:
+            got = self._extra_keys[c] = _keys((self.extra[1], self.extra[2])[c])
+        return got
+
+    def find(self, c: int, key: str) -> list[int]:
+        """The rows (indexes) whose column ``c`` (0 strategies, 1 run ids) has the comparison key ``key``."""
+        out = self._bisect(c, key.encode()) if self.ordered else self._scan(c, key)
+        if self.extra[0]:
+            keys, n = self.extra_keys(c), self.hdr.count
+            j = -1
+            while True:
+                try:
+                    j = keys.index(key, j + 1)
+                except ValueError:
+                    break
+                out.append(n + j)
+        return out
+
+    def _bisect(self, c: int, want: bytes) -> list[int]:
+        s, e = self.spans[self.order_at + c]
+        order = _Order(self, s, (e - s) // 4)
+        lo = bisect.bisect_left(order, want, key=lambda i: self._key_bytes(c, i))
+        out = []
+        while lo < len(order):
+            i = order[lo]
+            if self._key_bytes(c, i) != want:
+                break
+            out.append(i)
+            lo += 1
+        return sorted(out)
+
+    def merged_order(self, c: int, keys: list[str]) -> bytes:
+        """Column ``c``'s order section once rows with ``keys`` follow the file's (and its ``extra``'s)
+        rows: the file's order with each new row put in its place, as a fresh sort would."""
+        s, e = self.spans[self.order_at + c]
+        old = array.array("I")
+        old.frombytes(self._get(s, e - s))
+        start = self.hdr.count
+        out = array.array("I")
+        prev = 0
+        for j in sorted(range(len(keys)), key=keys.__getitem__):
+            at = bisect.bisect_right(old, keys[j].encode(), lo=prev, key=lambda i: self._key_bytes(c, i))
+            out.extend(old[prev:at])
+            out.append(start + j)
+            prev = at
+        out.extend(old[prev:])
+        return out.tobytes()
+
+    # -- the whole file
+
+    @property
+    def raw(self) -> bytes:
+        """The file up to its order sections (which the lists never need: 8 MB at 1M rows)."""
+        if self._raw is None:
+            assert isinstance(self.src, _File)
+            self._raw = self.src.read(0, self.spans[self.order_at - 1][1])
+        return self._raw
+
+    @property
+    def parts(self) -> list[memoryview]:
+        """The file's sections but the order sections, as ranges of it (nothing copied)."""
+        if self._parts is None:
+            mv = memoryview(self.raw)
+            self._parts = [mv[s:e] for s, e in self.spans[:self.order_at]]
+        return self._parts
 
     def _keyed(self, c: int) -> tuple[bytes, memoryview]:
         """Column ``c``'s keys as (blob, offsets): its own key sections, or an ASCII blob lowered once."""
@@ -308,10 +499,10 @@ class _Packed:
         if low is None:
             s, e = self.spans[1 + 2 * c]
             low = self._lowered[c] = self.raw[s:e].lower()
-        return low, self.offs[c]
+        return low, self.parts[2 + 2 * c].cast("I")
 
-    def find(self, c: int, key: str) -> list[int]:
-        """The rows (indexes) whose column ``c`` (0 strategies, 1 run ids) has the comparison key ``key``."""
+    def _scan(self, c: int, key: str) -> list[int]:
+        """``find`` in a file without order sections (an older sop's): search the keys' blob."""
         blob, offs = self._keyed(c)
         want = b"\0" + key.encode() + b"\0"
         out = []
@@ -321,30 +512,66 @@ class _Packed:
             p = blob.find(want, p + 1)
         return out
 
-    def text(self, c: int, i: int) -> str:
-        offs, at = self.offs[c], self.blob_at[c]
-        return self.raw[at + offs[i] + 1:at + offs[i + 1]].decode()
-
-    def row(self, i: int) -> SheetRow:
-        return SheetRow(self.nums[i], self.text(0, i), self.text(1, i))
-
     def _texts(self, blob: bytes | memoryview) -> list[str]:
         return bytes(blob[1:-1]).decode().split("\0") if self.hdr.count else []
 
     def lists(self) -> tuple[list[int], list[str], list[str]]:
-        return self.nums.tolist(), self._texts(self.parts[1]), self._texts(self.parts[3])
+        x = self.extra
+        return (self.parts[0].cast("I").tolist() + x[0], self._texts(self.parts[1]) + x[1],
+                self._texts(self.parts[3]) + x[2])
 
     def keylists(self) -> tuple[list[str], list[str]]:
-        return self._texts(self._keyed(0)[0]), self._texts(self._keyed(1)[0])
+        return (self._texts(self._keyed(0)[0]) + self.extra_keys(0),
+                self._texts(self._keyed(1)[0]) + self.extra_keys(1))
+
+    def sections(self) -> tuple[list[Section], list[bool]]:
+        """The packed sections of these rows (the file's and ``extra``), but the order sections."""
+        secs: list[Section] = [[p] for p in self.parts]
+        ascii_ = list(self.hdr.ascii)
+        if not self.extra[0]:
+            return secs, ascii_
+        grown = _grown(secs, ascii_, *self.extra)
+        if grown is not None:
+            return grown, ascii_
+        nums, strategies, run_ids = self.lists()                # a column's first non-ASCII text: pack anew
+        return _sections(SheetView(Path(), "", 0, {}, {}, lists=(nums, strategies, run_ids)))
 
     @staticmethod
-    def load(data: bytes) -> _Packed:
-        if not data.startswith(_MAGIC):
-            raise ValueError("not a sheet index of this version")
+    def load(src: bytes | _File) -> _Packed:
         at = len(_MAGIC)
-        n = int.from_bytes(data[at:at + 4], "little")
-        hdr = _decode_header(data[at + 4:at + 4 + n])
-        return _Packed(hdr, data, at + 4 + n)
+        first = src[:at + 4] if isinstance(src, bytes) else src.read(0, at + 4)
+        if len(first) != at + 4 or not first.startswith(_MAGIC):
+            raise ValueError("not a sheet index of this version")
+        n = int.from_bytes(first[at:], "little")
+        hdr = _decode_header(src[at + 4:at + 4 + n] if isinstance(src, bytes) else src.read(at + 4, n))
+        return _Packed(hdr, src, at + 4 + n)
+
+
+class _Order:
+    """An order section as a sequence of row indexes, read four bytes at a time (for :func:`bisect.bisect_left`)."""
+
+    def __init__(self, pk: _Packed, at: int, n: int) -> None:
+        self.pk, self.at, self.n = pk, at, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, j: int) -> int:
+        return self.pk._u32(self.at + 4 * j)
+
+
+def _keys(texts: list[str]) -> list[str]:
+    """The comparison keys of a column's texts ("" where empty)."""
+    joined = "\0".join(texts)
+    if joined.isascii():
+        return joined.lower().split("\0") if texts else []
+    key = names.key
+    return [key(t) if t else "" for t in texts]
+
+
+def _sorted_order(keys: list[str]) -> bytes:
+    """An order section: the row indexes sorted by key (str order is the UTF-8 bytes' order), ties by index."""
+    return array.array("I", sorted(range(len(keys)), key=keys.__getitem__)).tobytes()
 
 
 Section = list[bytes | memoryview]     # one section of the cache file, in pieces written one after another
@@ -417,29 +644,37 @@ def _append_texts(blob: bytearray, offs: array.array[int], texts: list[str]) -> 
     return ascii_
 
 
-def _write_index(ws: Workspace, view: SheetView, sections: list[Section], count: int, ascii_: list[bool]) -> None:
+def _write_index(ws: Workspace, view: SheetView, sections: list[Section], count: int, ascii_: list[bool],
+                 orders: list[bytes] | None = None) -> bool:
+    """Write the cache file of ``view`` (its stamp, flags and layout) with these sections; whether it was written."""
+    sections = sections + [[o] for o in orders or []]
     hdr = _encode_header(_Header(view.stamp, view.worksheet, view.header_row, view.headers, view.columns, count,
                                  [sum(len(x) for x in sec) for sec in sections], ascii_, view.writable,
-                                 view.layout))
+                                 view.layout, orders is not None))
 
     def write(f: BinaryIO) -> None:
         f.write(_MAGIC + len(hdr).to_bytes(4, "little") + hdr)
         for sec in sections:
             for x in sec:
                 f.write(x)
+    return _cache_write(ws, _cache_path(ws, view.path), write)
+
+
+def _cache_write(ws: Workspace, target: Path, content: bytes | Callable[[BinaryIO], None]) -> bool:
     try:
         if not ws.cache_dir.is_dir():
             fsops.mkdir(ws.cache_dir, parents=True, exist_ok=True)
-        fsops.atomic_write(_cache_path(ws, view.path), write)
+        fsops.atomic_write(target, content)
+        return True
     except OSError:
-        pass                                       # a cache that cannot be written costs only time
+        return False                               # a cache that cannot be written costs only time
 
 
 def _sections(view: SheetView) -> tuple[list[Section], list[bool]]:
     """The packed sections of a view (as loaded, or packed from its lists)."""
     pk = view.packed
     if pk is not None:                      # the lists, if decoded, are the packed sections' own texts
-        return [[part] for part in pk.parts], list(pk.hdr.ascii)
+        return pk.sections()
     a0, s0 = _column(view.strategies)
     a1, s1 = _column(view.run_ids)
     return [[array.array("I", view.numbers).tobytes()], *s0[:2], *s1[:2], *s0[2:], *s1[2:]], [a0, a1]
@@ -450,11 +685,20 @@ def _extended(old: SheetView, numbers: list[int], strategies: list[str],
     """The sections of ``old`` with rows added: each old section as it is, followed by the new rows' part
     (no old row is decoded or keyed again).  A column that gains its first non-ASCII text is packed anew."""
     secs, ascii_ = _sections(old)
+    grown = _grown(secs, ascii_, numbers, strategies, run_ids)
+    if grown is not None:
+        return grown, ascii_
+    full = SheetView(old.path, old.worksheet, old.header_row, old.headers, old.columns,
+                     lists=(old.numbers + numbers, old.strategies + strategies, old.run_ids + run_ids))
+    return _sections(full)
+
+
+def _grown(secs: list[Section], ascii_: list[bool], numbers: list[int], strategies: list[str],
+           run_ids: list[str]) -> list[Section] | None:
+    """``secs`` with rows added after theirs; None when an ASCII column would gain non-ASCII text."""
     cols = (strategies, run_ids)
     if any(a and not "".join(t).isascii() for a, t in zip(ascii_, cols, strict=True)):
-        full = SheetView(old.path, old.worksheet, old.header_row, old.headers, old.columns,
-                         lists=(old.numbers + numbers, old.strategies + strategies, old.run_ids + run_ids))
-        return _sections(full)
+        return None
     secs = [list(sec) for sec in secs]
     secs[0].append(array.array("I", numbers).tobytes())
     pairs = [(1, strategies), (3, run_ids)]                     # (blob section, its texts)
@@ -468,7 +712,109 @@ def _extended(old: SheetView, numbers: list[int], strategies: list[str],
         end = sum(len(x) for x in secs[i]) - 1              # the blob's final \0: the new texts follow it
         secs[i].append("".join(t + "\0" for t in texts).encode())
         secs[i + 1].append(_offsets(texts, end)[4:])
-    return secs, ascii_
+    return secs
+
+
+def _orders_for(view: SheetView, more: tuple[list[str], list[str]] = ([], [])) -> list[bytes]:
+    """The order sections of ``view``'s rows followed by rows whose keys are ``more`` (per column)."""
+    pk = view.packed
+    if pk is not None and pk.ordered:                       # merge the new rows into the file's order
+        return [pk.merged_order(c, pk.extra_keys(c) + more[c]) for c in (0, 1)]
+    grows = bool(more[0] or more[1])
+    if grows or view._orders is None:
+        keys = view.keylists()
+        orders = [_sorted_order(keys[c] + more[c]) for c in (0, 1)]
+        if grows:
+            return orders
+        view._orders = orders                               # a first read saves its index twice (the gate)
+    return view._orders
+
+
+# --------------------------------------------------------------------------------------------
+# The delta file: the rows appended since the cache file was written
+
+DELTA_RATIO = 16        # a delta holds at most 1/16 of the cache file's rows...
+DELTA_MAX = 4096        # ...and at most this many (a commit rewrites it whole); then the cache file is rewritten
+
+
+def _delta_limit(base_count: int) -> int:
+    return min(base_count // DELTA_RATIO, DELTA_MAX)
+
+
+class _Version(msgspec.Struct, array_like=True):
+    """One version of the sheet that a delta file describes: the cache file's rows and the delta's first ``count``."""
+
+    stamp: list[int]
+    count: int
+    writable: bool
+    layout: list[Any] | None
+
+
+class _DeltaHeader(msgspec.Struct, array_like=True):
+    base: list[int]             # the stamp in the header of the cache file it extends...
+    base_count: int             # ...and that file's rows
+    versions: list[_Version]    # oldest first
+    crc: int                    # CRC-32 of the rows' bytes (everything after the header)
+
+
+class _DeltaRows(msgspec.Struct, array_like=True):
+    numbers: list[int]
+    strategies: list[str]
+    run_ids: list[str]
+
+
+_DELTA_MAGIC = b"sop-sheet-delta 1\n"
+_encode_delta = msgspec.msgpack.Encoder().encode
+_decode_delta_header = msgspec.msgpack.Decoder(_DeltaHeader).decode
+_decode_delta_rows = msgspec.msgpack.Decoder(_DeltaRows).decode
+
+
+def _delta_path(ws: Workspace, path: Path) -> Path:
+    c = _cache_path(ws, path)
+    return c.with_name(c.stem + "-delta.msgpack")
+
+
+def _encode_delta_file(base: tuple[list[int], int], versions: list[_Version],
+                       rows: tuple[list[int], list[str], list[str]]) -> bytes:
+    body = _encode_delta(_DeltaRows(*rows))
+    hdr = _encode_delta(_DeltaHeader(base[0], base[1], versions, zlib.crc32(body)))
+    return _DELTA_MAGIC + len(hdr).to_bytes(4, "little") + hdr + body
+
+
+def _load_delta(data: bytes, pk: _Packed, stamp: list[int]) -> tuple[_Version, _DeltaRows] | None:
+    """The version ``stamp`` of a delta file that extends ``pk``'s cache file, and its rows; None if none matches."""
+    at = len(_DELTA_MAGIC)
+    if not data.startswith(_DELTA_MAGIC) or len(data) < at + 4:
+        return None
+    n = int.from_bytes(data[at:at + 4], "little")
+    try:
+        h = _decode_delta_header(data[at + 4:at + 4 + n])
+        got = [v for v in h.versions if v.stamp == stamp]
+        if not got or h.base != pk.hdr.stamp or h.base_count != pk.hdr.count:
+            return None
+        body = data[at + 4 + n:]
+        if zlib.crc32(body) != h.crc:
+            return None
+        rows = _decode_delta_rows(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    v = got[-1]
+    nums = rows.numbers
+    if not (len(nums) == len(rows.strategies) == len(rows.run_ids) and 0 <= v.count <= len(nums)):
+        return None
+    nums, prev = nums[:v.count], pk.last_number()
+    if any(not prev < x < 1 << 32 for x in nums[:1]) or any(a >= b for a, b in itertools.pairwise(nums)):
+        return None                 # row numbers after the file's, in order: anything else is not sop's
+    return v, _DeltaRows(nums, rows.strategies[:v.count], rows.run_ids[:v.count])
+
+
+def _rows_after(view: SheetView, k: int) -> tuple[list[int], list[str], list[str]]:
+    """``view``'s rows from index ``k`` on."""
+    pk = view.packed
+    if view._lists is None and pk is not None and k >= pk.hdr.count:
+        j = k - pk.hdr.count
+        return pk.extra[0][j:], pk.extra[1][j:], pk.extra[2][j:]
+    return view.numbers[k:], view.strategies[k:], view.run_ids[k:]
 
 
 _U64 = (1 << 64) - 1
@@ -598,20 +944,10 @@ def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None, 
         return _read(ws, path, all_columns)
     stamp = _stamp(path)
     got = _recall(ws, path, stamp)
+    if got is None:
+        got = _cached(ws, path, stamp)
     if got is not None:
         return got                                 # loaded once per command while the sheet is unchanged
-    try:
-        pk = _Packed.load(_cache_path(ws, path).read_bytes())
-        h = pk.hdr
-        if h.stamp == stamp:
-            view = SheetView(path, h.worksheet, h.header_row, h.headers, h.columns, packed=pk)
-            view.stamp = stamp
-            view.writable = h.writable
-            view.layout = h.layout
-            _remember(ws, view)
-            return view
-    except (OSError, ValueError, TypeError, msgspec.DecodeError, msgspec.ValidationError):
-        pass
     view = _read(ws, path, False, writing)
     if _stamp(path) == stamp:                      # not saved while we read it
         view.stamp = stamp
@@ -619,9 +955,34 @@ def read(ws: Workspace, *, all_columns: bool = False, path: Path | None = None, 
     return view
 
 
+def _cached(ws: Workspace, path: Path, stamp: list[int]) -> SheetView | None:
+    """The index of version ``stamp`` from the cache: its file, or its file and the delta file; None if neither."""
+    try:
+        pk = _Packed.load(_open_cache(ws, _cache_path(ws, path)))
+        h = pk.hdr
+        writable, layout = h.writable, h.layout
+        if h.stamp != stamp:
+            got = _load_delta(_delta_path(ws, path).read_bytes(), pk, stamp)
+            if got is None:
+                return None
+            v, rows = got
+            pk.extra = (rows.numbers, rows.strategies, rows.run_ids)
+            writable, layout = v.writable, v.layout
+    except (OSError, ValueError, TypeError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    view = SheetView(path, h.worksheet, h.header_row, h.headers, h.columns, packed=pk)
+    view.stamp = stamp
+    view.writable = writable
+    view.layout = layout
+    view.base = (h.stamp, h.count)
+    _remember(ws, view)
+    return view
+
+
 def _save_index(ws: Workspace, view: SheetView) -> None:
     secs, ascii_ = _sections(view)
-    _write_index(ws, view, secs, len(view), ascii_)
+    if _write_index(ws, view, secs, len(view), ascii_, _orders_for(view)):
+        view.base = (view.stamp, len(view))
     _remember(ws, view)
 
 
@@ -791,12 +1152,25 @@ def append(ws: Workspace, rows: list[dict[str, Any]], view: SheetView | None = N
             return                  # the sheet was saved by someone else meanwhile: let the next read parse it
         strategies = [names.cell_text(c.get(sc)) for c in cells]
         run_ids = [names.cell_text(c.get(rc)) for c in cells]
+        stamp = _stamp(path, st)
+        lay = layout.to_list() if layout is not None else None
+        base = old.base
+        if base is not None:        # a cache file holds the rows up to base[1]: the rows after them go in a delta
+            after = _rows_after(old, base[1])
+            if len(after[0]) + len(numbers) <= _delta_limit(base[1]):
+                versions = [_Version(stamp, len(after[0]) + len(numbers), True, lay)]
+                if old.stamp != base[0]:        # the old version too, should the new file never take its place
+                    versions.insert(0, _Version(old.stamp, len(after[0]), old.writable, old.layout))
+                rows = (after[0] + numbers, after[1] + strategies, after[2] + run_ids)
+                _cache_write(ws, _delta_path(ws, path), _encode_delta_file(base, versions, rows))
+                return
         new = SheetView(path, old.worksheet, old.header_row, old.headers, old.columns, lists=([], [], []))
-        new.stamp = _stamp(path, st)
+        new.stamp = stamp
         new.writable = True         # sop's own output, which its writer accepts
-        new.layout = layout.to_list() if layout is not None else None
+        new.layout = lay
         secs, ascii_ = _extended(old, numbers, strategies, run_ids)
-        _write_index(ws, new, secs, len(old) + len(numbers), ascii_)
+        _write_index(ws, new, secs, len(old) + len(numbers), ascii_, _orders_for(old, (_keys(strategies),
+                                                                                         _keys(run_ids))))
 
     x = _x()
     layout = x.Layout.from_list(view.layout) if view.layout else None

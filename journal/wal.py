@@ -158,7 +158,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import socket
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -169,7 +168,7 @@ import msgspec
 
 from . import fsops, ledger, locks, names, pgstore
 from .errors import JournalDamaged, WrongState
-from .owner import username
+from .owner import hostname, username
 from .records import (
     GENESIS,
     SUM_SUFFIX,
@@ -816,7 +815,7 @@ class Writer:
         self.ws = ws
         self.j = loaded if loaded is not None else load(ws)
         self.user = username()
-        self.host = socket.gethostname()
+        self.host = hostname()
 
     @property
     def states(self) -> dict[str, TxState]:

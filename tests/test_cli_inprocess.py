@@ -179,3 +179,62 @@ def test_a_traced_run_counts_the_same_mutations_either_way(tmp_path: Path) -> No
     for args in (("commit", tx["txid"]), ("sweep", "--fix"), ("begin", "--strategy", "B", "--run-id", "rb")):
         inproc = traced(False, *args)
         assert inproc == traced(True, *args) and len(inproc) >= 3, args
+
+
+def test_a_command_run_as_the_program_leaves_by_os_exit_only_when_nothing_needs_the_orderly_exit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """cli._as_program: os._exit(status) after flushing (no interpreter teardown), else SystemExit as click does."""
+    import threading
+
+    import click
+
+    exits: list[int] = []
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise Exited
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    monkeypatch.setattr(sys, "argv", ["sop-x"])
+
+    def command(code: object) -> click.Command:
+        @click.command()
+        def cmd() -> None:
+            click.echo("out")
+            raise SystemExit(code)
+        return cmd
+
+    with pytest.raises(Exited):
+        cli._as_program(command(4), "sop-x")
+    with pytest.raises(Exited):
+        cli._as_program(command(None), "sop-x")
+    assert exits == [4, 0]
+    with pytest.raises(SystemExit) as e:
+        cli._as_program(command("a message"), "sop-x")             # printed by the interpreter: the orderly way
+    assert e.value.code == "a message"
+    monkeypatch.setitem(sys.modules, "psycopg", sys)                 # a database connection to close
+    with pytest.raises(SystemExit) as e:
+        cli._as_program(command(3), "sop-x")
+    assert e.value.code == 3
+    monkeypatch.delitem(sys.modules, "psycopg")
+    monkeypatch.setattr(sys, "getprofile", lambda: object())       # python -m cProfile: let it write its report
+    with pytest.raises(SystemExit) as e:
+        cli._as_program(command(5), "sop-x")
+    assert e.value.code == 5
+    monkeypatch.undo()
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    monkeypatch.setattr(sys, "argv", ["sop-x"])
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        with pytest.raises(SystemExit) as e:                         # another thread: let the interpreter join it
+            cli._as_program(command(0), "sop-x")
+        assert e.value.code == 0
+    finally:
+        stop.set()
+        t.join()
+    assert exits == [4, 0]

@@ -190,6 +190,48 @@ def test_crash_at_every_point_of_a_spliced_commit(tmp_path: Path,
     assert n >= 5
 
 
+def test_crash_at_every_point_of_a_commit_that_writes_a_sheet_index_delta(
+        tmp_path: Path, sleeper: Callable[[], subprocess.Popen[bytes]]) -> None:
+    """A sheet of 64 rows: the commit writes its row to the index's delta file, not the whole index.
+    Wherever it stops, the cache either describes the sheet on disk or is not believed.  (The 64 rows
+    were typed, not committed: the sweep calls them orphaned.)"""
+    from fixtures_xlsx import data_rows, xlsxwriter_book
+
+    from journal import sheet, workspace
+
+    setup = tmp_path / "base"
+    (setup / "backtests").mkdir(parents=True)
+    xlsxwriter_book(setup / "backtests" / "Strategy_Master_Filter.xlsx", data_rows(64))
+    sop("init", "-C", str(setup))
+    (setup / ".sop" / "config.toml").write_text(FAST_CONFIG)
+    owner = sleeper()
+    warm = begun(setup, "Warm", owner.pid)
+    tx = begun(setup, "Alpha", owner.pid)
+    kill(owner)
+
+    def lay_out(root: Path) -> None:
+        assert run(root, "commit", warm["txid"]).returncode == 0      # the whole index written, the sheet laid out
+
+    def cache_tells_the_truth(root: Path) -> None:
+        sheet._loaded.clear()
+        w = workspace.open_workspace(root)
+        cached, fresh = sheet.read(w), sheet.read(w, cache=False)
+        assert (cached.numbers, cached.strategies, cached.run_ids) == (fresh.numbers, fresh.strategies,
+                                                                       fresh.run_ids)
+        sheet._loaded.clear()
+
+    probe = tmp_path / "probe"                          # the uncrashed commit does write a delta
+    shutil.copytree(setup, probe, symlinks=True)
+    lay_out(probe)
+    assert run(probe, "commit", tx["txid"]).returncode == 0
+    assert list((probe / ".sop" / "cache").glob("sheet-index-*-delta.msgpack"))
+    cache_tells_the_truth(probe)
+    shutil.rmtree(probe)
+    n = crash_loop(tmp_path, setup, ["commit", tx["txid"]], prepare=lay_out, before_recover=cache_tells_the_truth,
+                   expect=cache_tells_the_truth, sweep_may_find=frozenset({"quarantined", "orphaned_row"}))
+    assert n >= 5
+
+
 def _rows_piece(root: Path) -> bytes:
     """The compressed rows piece of the sheet sop laid out, as its layout record says."""
     from journal import sheet, workspace

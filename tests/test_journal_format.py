@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -55,7 +54,7 @@ def bare_ws(root: Path) -> workspace.Workspace:
 def test_writer_writes_the_documented_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ws = bare_ws(tmp_path)
     monkeypatch.setattr(wal, "username", lambda: "ana")
-    monkeypatch.setattr(socket, "gethostname", lambda: "ws1")
+    monkeypatch.setattr(wal, "hostname", lambda: "ws1")
     monkeypatch.setattr(os, "getpid", lambda: 5120)
     with freeze_time("2026-03-01 12:00:00.123456"):
         w = wal.Writer(ws)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import array
+import os
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,32 @@ def test_the_packed_sections_in_fixed_bytes(w: workspace.Workspace) -> None:
     assert secs == [n, b"\0Alpha\0Beta\0", offs_s, b"\0r-1\0R-2\0", offs_r]
     raw = _cache_file(w).read_bytes()
     assert raw.startswith(b"sop-sheet-index 2 " + sys.byteorder[0].encode() + b"\n")
+
+
+def test_the_order_sections_in_fixed_bytes(w: workspace.Workspace) -> None:
+    """Each column's row indexes sorted by key (UTF-8 bytes; ties by index) end the file."""
+    sheet.append(w, _rows(("beta", "r-2"), ("Alpha", "R-1"), ("", "r-1"), ("Ωmega", "a")))
+    pk = sheet._Packed.load(_cache_file(w).read_bytes())
+    assert pk.ordered and pk.hdr.sizes[-2:] == [16, 16]
+    orders = [bytes(pk.raw[s:e]) for s, e in pk.spans[pk.order_at:]]
+    assert orders == [array.array("I", [2, 1, 0, 3]).tobytes(), array.array("I", [3, 1, 2, 0]).tobytes()]
+    assert pk.spans[-1][1] == len(pk.raw)
+
+
+def test_a_cache_file_without_order_sections_is_searched_whole_and_ordered_when_rewritten(
+        w: workspace.Workspace) -> None:
+    """An older sop's file (no order sections) still answers; the next file written has them."""
+    sheet.append(w, _rows(("Alpha", "run-1"), ("Ünï", "run-2")))
+    view = _loaded_again(w)
+    secs, ascii_ = sheet._sections(view)
+    assert sheet._write_index(w, view, secs, len(view), ascii_)          # as sop 2026-12 wrote it
+    view = _loaded_again(w)
+    assert view.packed is not None and not view.packed.ordered
+    assert [r.number for r in view.strategy_rows("ÜNÏ")] == [3] and view.run_rows("RUN-1")[0].number == 2
+    sheet.append(w, _rows(("Beta", "run-3")), view)
+    view = _loaded_again(w)
+    assert view.packed is not None and view.packed.ordered
+    assert [r.number for r in view.strategy_rows("ünï")] == [3] and view.strategy_rows("beta")[0].number == 4
 
 
 def test_lookups_search_the_packed_bytes_case_and_unicode_insensitively(w: workspace.Workspace) -> None:
@@ -132,6 +160,7 @@ def test_an_index_packed_chunk_by_chunk_is_the_index_packed_at_once(batches: lis
 @pytest.mark.parametrize("step", [1, 7, 1 << 20])
 def test_which_keys_are_present_is_answered_from_the_packed_keys_piece_by_piece(
         step: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sheet, "_PRESENT_LOOKUPS", 0)
     """``SheetView.present`` splits the packed keys a piece at a time (the lost-row check's question: which
     of the ledger's run ids are on the sheet) and answers as the whole set of keys would."""
     monkeypatch.setattr(sheet, "_PRESENT_STEP", step)
@@ -147,3 +176,238 @@ def test_which_keys_are_present_is_answered_from_the_packed_keys_piece_by_piece(
     assert packed.present(0, ["alpha", "ωmega", "gamma"]) == {"alpha", "ωmega"}
     assert packed.present(1, []) == set()
     assert packed._lists is None and packed._keylists is None        # nothing was unpacked
+
+
+# -- the delta file: the rows appended since the cache file was written
+
+def _delta_file(w: workspace.Workspace) -> Path:
+    return sheet._delta_path(w, w.sheet)
+
+
+def _fresh(w: workspace.Workspace) -> sheet.SheetView:
+    """The index of the sheet on disk, parsed from the workbook (no cache)."""
+    return sheet.read(w, cache=False)
+
+
+def _same_rows(a: sheet.SheetView, b: sheet.SheetView) -> None:
+    assert (a.numbers, a.strategies, a.run_ids) == (b.numbers, b.strategies, b.run_ids)
+    assert len(a) == len(b) and a.last_number() == b.last_number()
+
+
+def _loaded_again(w: workspace.Workspace) -> sheet.SheetView:
+    """What the next command gets from the cache (None of this command's memory)."""
+    sheet._loaded.clear()
+    return sheet.read(w)
+
+
+@pytest.fixture
+def small_deltas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delta of up to 3 rows on any cache file of 3 rows or more (at 1M rows: 4,096)."""
+    monkeypatch.setattr(sheet, "DELTA_RATIO", 1)
+    monkeypatch.setattr(sheet, "DELTA_MAX", 3)
+
+
+def _rows(*pairs: tuple[str, str]) -> list[dict[str, str]]:
+    return [{"Strategy": s, "RunID": r} for s, r in pairs]
+
+
+BASE = _rows(("Alpha", "run-1"), ("Beta", "run-2"), ("", "lonely"), ("Gamma", "run-3"))
+
+
+def test_a_commit_writes_the_new_rows_in_a_delta_and_leaves_the_cache_file_alone(
+        w: workspace.Workspace, small_deltas: None) -> None:
+    sheet.append(w, BASE)                                          # 4 rows: the cache file (no delta yet)
+    assert not _delta_file(w).exists()
+    base_bytes = _cache_file(w).read_bytes()
+    sheet.append(w, _rows(("Delta", "RUN-4")), _loaded_again(w))
+    sheet.append(w, _rows(("Ωmega", "run-5"), ("delta2", "run-6")), _loaded_again(w))
+    assert _cache_file(w).read_bytes() == base_bytes                # not rewritten: 3 rows in the delta
+    view = _loaded_again(w)
+    assert view.packed is not None and view.packed.hdr.count == 4 and len(view.packed.extra[0]) == 3
+    _same_rows(view, _fresh(w))
+    assert view.writable and view.layout is not None                 # the delta's version: sop wrote it
+    assert [r.number for r in view.strategy_rows("DELTA")] == [6]
+    assert [r.number for r in view.strategy_rows("ΩMEGA")] == [7]    # names.key: NFC, casefold
+    assert [(r.number, r.strategy) for r in view.run_rows("run-4")] == [(6, "Delta")]
+    assert [r.number for r in view.strategy_rows("alpha")] == [2]    # a row of the cache file
+    assert view.strategy_rows("delt") == [] and view.run_rows("run-7") == []
+    assert view.keylists() == (["alpha", "beta", "", "gamma", "delta", "ωmega", "delta2"],
+                               ["run-1", "run-2", "lonely", "run-3", "run-4", "run-5", "run-6"])
+
+
+def test_a_delta_past_its_limit_is_compacted_into_a_cache_file_equal_to_one_packed_afresh(
+        w: workspace.Workspace, small_deltas: None) -> None:
+    sheet.append(w, BASE)
+    for i, s in enumerate(["D1", "Ünï", "D3", "D4", "Ωmega", "D6"]):
+        sheet.append(w, _rows((s, f"run-d{i}")), _loaded_again(w))
+        view = _loaded_again(w)
+        _same_rows(view, _fresh(w))
+        assert [r.number for r in view.strategy_rows(s.lower())] == [len(BASE) + 2 + i]
+    view = _loaded_again(w)
+    assert view.packed is not None and view.packed.hdr.count == 8    # compacted at the 4th delta row (D4)
+    assert view.packed.extra[0] == [10, 11]
+    before = _cache_file(w).read_bytes()
+    _fresh_view = _fresh(w)
+    # the cache file a compaction wrote holds the same sections (orders too) as one packed from scratch
+    pk_compacted = sheet._Packed.load(before)
+    sheet._loaded.clear()
+    _cache_file(w).unlink()
+    _delta_file(w).unlink()
+    scratch = sheet.read(w)                                        # the workbook parsed, all 10 rows packed
+    pk_scratch = sheet._Packed.load(_cache_file(w).read_bytes())
+    assert pk_scratch.hdr.count == 10 and pk_scratch.ordered and pk_compacted.ordered
+    _same_rows(scratch, _fresh_view)
+    rows8 = sheet.SheetView(w.sheet, "", 1, {}, {}, lists=(scratch.numbers[:8], scratch.strategies[:8],
+                                                           scratch.run_ids[:8]))
+    secs, _ascii = sheet._sections(rows8)
+    assert [bytes(p) for p in pk_compacted.parts] == [b"".join(bytes(x) for x in s) for s in secs]
+    assert ([bytes(pk_compacted.raw[s:e]) for s, e in pk_compacted.spans[pk_compacted.order_at:]]
+            == sheet._orders_for(rows8))
+
+
+def _put(path: Path, data: bytes) -> None:
+    """Replace a cache file as sop does (a new file in its place), never writing into one held open."""
+    tmp = path.with_name(path.name + ".test-tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def test_a_delta_that_does_not_match_is_not_used(w: workspace.Workspace, small_deltas: None,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    sheet.append(w, BASE)
+    sheet.append(w, _rows(("Delta", "run-4")), _loaded_again(w))
+    base, good = _cache_file(w).read_bytes(), _delta_file(w).read_bytes()
+    fresh = _fresh(w)
+    reads: list[int] = []
+    real = sheet._read
+
+    def counting(*a: Any) -> sheet.SheetView:
+        reads.append(1)
+        return real(*a)
+    monkeypatch.setattr(sheet, "_read", counting)
+    magic = len(sheet._DELTA_MAGIC)
+    body_at = magic + 4 + int.from_bytes(good[magic:magic + 4], "little")
+    assert good[-4:] == b"un-4"
+    flipped = good[:-1] + b"5"                          # run-5 for run-4: only the CRC tells
+    stamp = sheet._stamp(w.sheet)
+    base_stamp = sheet._Packed.load(base).hdr.stamp
+
+    def forged(base_of: list[int], count: int, version: list[int]) -> bytes:
+        return sheet._encode_delta_file((base_of, count), [sheet._Version(version, 1, True, None)],
+                                        ([6], ["Delta"], ["run-4"]))
+    assert sheet._load_delta(forged(base_stamp, 4, stamp), sheet._Packed.load(base), stamp) is not None
+    for bad in (b"", good[:magic], good[:body_at], good[:-1], good + b"\0", flipped, b"x" + good[1:],
+                forged([1, 2, 3, 4, 5], 4, stamp), forged(base_stamp, 3, stamp), forged(base_stamp, 4, base_stamp)):
+        _put(_cache_file(w), base)                      # the cache file of the version before the delta's
+        _put(_delta_file(w), bad)
+        reads.clear()
+        view = _loaded_again(w)
+        assert reads == [1]                             # not believed: the workbook was read again
+        _same_rows(view, fresh)
+    _put(_cache_file(w), base)
+    _put(_delta_file(w), good)
+    reads.clear()
+    view = _loaded_again(w)
+    _same_rows(view, fresh)
+    assert reads == [] and view.packed is not None and view.packed.extra[0] == [6]
+
+
+def test_rows_in_a_delta_whose_numbers_do_not_follow_the_cache_file_are_not_believed(
+        w: workspace.Workspace, small_deltas: None) -> None:
+    sheet.append(w, BASE)
+    sheet.append(w, _rows(("Delta", "run-4")), _loaded_again(w))
+    pk = sheet._Packed.load(_cache_file(w).read_bytes())
+    stamp = sheet._stamp(w.sheet)
+    for nums in ([5], [0], [7, 6], [1 << 32]):
+        data = sheet._encode_delta_file((pk.hdr.stamp, pk.hdr.count), [sheet._Version(stamp, len(nums), True, None)],
+                                        (nums, ["Delta"] * len(nums), ["run-4"] * len(nums)))
+        assert sheet._load_delta(data, pk, stamp) is None
+    good = sheet._encode_delta_file((pk.hdr.stamp, pk.hdr.count), [sheet._Version(stamp, 1, True, None)],
+                                    ([6], ["Delta"], ["run-4"]))
+    assert sheet._load_delta(good, pk, stamp) is not None
+
+
+def test_the_delta_file_in_fixed_bytes() -> None:
+    data = sheet._encode_delta_file(([10, 20, 30, 0, 40], 2), [sheet._Version([11, 21, 31, 0, 41], 1, True, None)],
+                                    ([7], ["Ωmega"], ["r-1"]))
+    body = b"\x93\x91\x07\x91\xa6\xce\xa9mega\x91\xa3r-1"
+    hdr = (b"\x94\x95\x0a\x14\x1e\x00\x28\x02\x91\x94\x95\x0b\x15\x1f\x00\x29\x01\xc3\xc0"
+           + b"\xce" + zlib.crc32(body).to_bytes(4, "big"))
+    assert data == b"sop-sheet-delta 1\n" + len(hdr).to_bytes(4, "little") + hdr + body
+
+
+def test_a_failed_replace_leaves_a_cache_that_still_describes_the_old_file(
+        w: workspace.Workspace, small_deltas: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The delta names both versions: should the new workbook never take the old one's place (a crash, a
+    PermissionError on Windows), the old one is still found in the cache, with its layout."""
+    from journal import fsops
+
+    sheet.append(w, BASE)
+    sheet.append(w, _rows(("Delta", "run-4")), _loaded_again(w))     # the old version is base + delta
+    old_view = _loaded_again(w)
+    real = fsops.replace
+
+    def refuse(src: Path, dst: Path, pauses: Any = None) -> None:
+        if Path(dst) == w.sheet:
+            raise PermissionError(13, "held open")
+        real(src, dst, pauses)
+    monkeypatch.setattr(fsops, "replace", refuse)
+    with pytest.raises(PermissionError):
+        sheet.append(w, _rows(("Late", "run-9")), old_view)
+    monkeypatch.setattr(fsops, "replace", real)
+    monkeypatch.setattr(sheet, "_read", lambda *a: pytest.fail("read the workbook again"))
+    view = _loaded_again(w)
+    assert [r.strategy for r in view.rows] == ["Alpha", "Beta", "", "Gamma", "Delta"]
+    assert view.layout == old_view.layout and view.writable
+    assert view.strategy_rows("late") == []
+
+
+def test_a_look_up_reads_a_few_bytes_of_the_cache_file_not_all_of_it(w: workspace.Workspace,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    sheet.append(w, _rows(*((f"S{i:03d}", f"run-{i:03d}") for i in range(300))))
+    view = _loaded_again(w)
+    pk = view.packed
+    assert pk is not None and pk.ordered
+    assert isinstance(pk.src, sheet._File) == (sys.platform != "win32")
+    assert [r.number for r in view.strategy_rows("s150")] == [152]
+    assert [r.run_id for r in view.run_rows("RUN-299")] == ["run-299"]
+    assert view.last_number() == 301 and len(view) == 300
+    if isinstance(pk.src, sheet._File):
+        assert pk._raw is None                                      # nothing read whole
+    finds: list[int] = []
+    real = pk.find
+    monkeypatch.setattr(pk, "find", lambda c, k: finds.append(c) or real(c, k))
+    for _ in range(3):
+        assert view.strategy_rows("S007")[0].number == 9 and view.run_rows("nope") == []
+    assert finds == [0, 1]                                           # each name looked up once
+
+
+def test_on_a_network_share_or_windows_the_cache_file_is_read_whole_not_held_open(
+        w: workspace.Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another host (or Windows itself) may not replace a file held open: there it is read and let go."""
+    from journal import fstype
+
+    sheet.append(w, _rows(("Alpha", "run-1"), ("Beta", "run-2")))
+    monkeypatch.setattr(fstype, "network_mount", lambda p: fstype.Mount("/mnt/share", "cifs", "//srv/share"))
+    view = _loaded_again(w)
+    assert view.packed is not None and isinstance(view.packed.src, bytes)
+    assert [r.number for r in view.strategy_rows("BETA")] == [3] and view.run_rows("run-1")[0].strategy == "Alpha"
+    monkeypatch.undo()
+    monkeypatch.setattr(sheet, "_HOLD_OPEN", False)
+    view = _loaded_again(w)
+    assert view.packed is not None and isinstance(view.packed.src, bytes)
+    assert [r.number for r in view.strategy_rows("alpha")] == [2]
+
+
+@pytest.mark.parametrize("lookups", [0, 2000])
+def test_which_keys_are_present_counts_the_delta_rows(w: workspace.Workspace, small_deltas: None,
+                                                      lookups: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows a commit wrote to the delta file are on the sheet for ``present`` too, whether it splits the
+    file's keys or bisects their order."""
+    monkeypatch.setattr(sheet, "_PRESENT_LOOKUPS", lookups)
+    sheet.append(w, BASE)
+    sheet.append(w, _rows(("Delta", "RUN-4")), _loaded_again(w))
+    view = _loaded_again(w)
+    assert view.packed is not None and view.packed.extra[0]          # the last row lives in the delta
+    asked = ["run-1", "run-3", "run-4", "lonely", "run-9"]
+    assert view.present(1, asked) == _fresh(w).present(1, asked) == {"run-1", "run-3", "run-4", "lonely"}

@@ -344,3 +344,74 @@ def test_isal_and_zlib_pieces_mix_in_one_spliced_stream(tmp_path: Path, monkeypa
         assert z.testzip() is None
     assert [r[:2] for r in calamine_rows(path)[-7:]] == [[f"s{i}", f"r{i}"] for i in range(7)]
     assert openpyxl_values(path)["A13"] == "s6"
+
+
+def _copy_through(src: Path, out: Path, offset: int, length: int) -> int:
+    from journal.xlsx.package import copy_range
+
+    with open(src, "rb") as f, open(out, "wb") as g:
+        g.write(b"head")                            # buffered, not yet flushed: must land before the copy
+        n = copy_range(f, offset, length, g)
+        g.write(b"tail")
+    return n
+
+
+@pytest.mark.parametrize("kernel", ["works", "absent", "EXDEV", "fails-part-way", "copies-nothing"])
+def test_copy_range_gives_the_same_bytes_by_the_kernel_or_by_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   kernel: str) -> None:
+    """The rows piece is copied kernel-side where Linux can (os.copy_file_range) and read and written
+    otherwise; a call that fails at once or part way is finished by the plain copy, byte for byte."""
+    import errno
+
+    from journal.xlsx import package
+
+    data = random.Random(3).randbytes(600_000)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    calls: list[int] = []
+    real = getattr(os, "copy_file_range", None)
+
+    def fake(s: int, d: int, count: int, off_s: int | None = None, off_d: int | None = None) -> int:
+        calls.append(count)
+        if kernel == "EXDEV" or (kernel == "fails-part-way" and len(calls) > 1):
+            raise OSError(errno.EXDEV if kernel == "EXDEV" else errno.EINVAL, "no")
+        if kernel == "copies-nothing":
+            return 0
+        if kernel == "fails-part-way":
+            count = 100_001
+        if real is not None:
+            return real(s, d, count, off_s, off_d)
+        os.pwrite(d, os.pread(s, count, off_s or 0), off_d or 0)
+        return min(count, max(0, len(data) - (off_s or 0)))
+
+    if kernel == "absent":
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
+    else:
+        monkeypatch.setattr(os, "copy_file_range", fake, raising=False)
+    monkeypatch.setattr(package.sys, "platform", "linux")
+    out = tmp_path / "out"
+    assert _copy_through(src, out, 1234, 500_000) == 500_000
+    assert out.read_bytes() == b"head" + data[1234:501_234] + b"tail"
+    assert (kernel == "absent") == (calls == [])
+    assert _copy_through(src, out, 400_000, 500_000) == 200_000          # the source ends: fewer bytes, no error
+    assert out.read_bytes() == b"head" + data[400_000:] + b"tail"
+
+
+def test_a_spliced_append_copies_the_rows_the_same_with_or_without_the_kernel(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from journal.xlsx import package
+
+    monkeypatch.setattr(package, "KERNEL_COPY_MIN", 0)           # the small test rows piece goes kernel-side too
+    books = []
+    for kernel in (True, False):
+        path = xlsxwriter_book(tmp_path / f"m{kernel}.xlsx", data_rows(300))
+        rec = Recorder()
+        xlsx.append_rows(path, None, [{1: "s0", 2: "r0"}], rec)
+        with monkeypatch.context() as m:
+            no_full_rewrite(m)
+            if not kernel:
+                m.delattr(os, "copy_file_range", raising=False)
+            assert xlsx.append_rows(path, None, [{1: "s1", 2: "r1"}], rec, layout=rec.last) == [303]
+        books.append(members(path))
+    assert books[0] == books[1]
+    assert calamine_rows(tmp_path / "mTrue.xlsx")[-1][:2] == ["s1", "r1"]

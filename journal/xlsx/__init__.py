@@ -140,12 +140,17 @@ Modules
     ``remove`` and ``create`` the four operations (``append`` also holds
     :func:`check_append`); ``splice`` the three-piece layout of an appended
     sheet and its record.  The public names are the
-    ones re-exported here.  :mod:`journal.sheet` imports this package on
-    first use (a cached sheet index needs none of it), and the package
-    imports lxml only once a workbook is opened, never at import.
+    ones re-exported here (those of ``read``, ``remove``, ``create`` and
+    ``formulas`` on first use: an append needs none of them).
+    :mod:`journal.sheet` imports this package on first use (a cached sheet
+    index needs none of it), and the package imports lxml only to edit the
+    ranges of a removal, never at import.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from journal.errors import Refused, SheetDamaged
 
@@ -172,14 +177,30 @@ from .constants import (
     SHEET_COMPRESSLEVEL,
     SMALL_COMPRESSLEVEL,
 )
-from .create import create_workbook
-from .formulas import shift_formula, translate_formula
 from .package import Replacement
 from .ranges import Range, RowMap, col_index, col_letters
-from .read import Row, Table, normalize_header, read_table
-from .remove import remove_rows
 from .splice import Layout
 from .text import Value, encode_rows
+
+if TYPE_CHECKING:
+    from .create import create_workbook
+    from .formulas import shift_formula, translate_formula
+    from .read import Row, Table, normalize_header, read_table
+    from .remove import remove_rows
+
+# Imported on first use: an append (a commit) needs none of them (~5 ms at start-up).
+_LAZY = {"create_workbook": "create", "shift_formula": "formulas", "translate_formula": "formulas", "Row": "read",
+         "Table": "read", "normalize_header": "read", "read_table": "read", "remove_rows": "remove"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CHUNK",

@@ -45,7 +45,6 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,15 +191,4 @@ def verify(pkg: Package, part: str, layout: Layout) -> Pieces | None:
 def copy_rows(pkg: Package, pieces: Pieces) -> Copied:
     """The rows piece, to be copied compressed as it is."""
     lay = pieces.layout
-
-    def it() -> Iterator[bytes]:
-        f = pkg.f
-        f.seek(pieces.rows_at)
-        left = lay.rows_c
-        while left:
-            b = f.read(min(left, CHUNK))
-            if not b:
-                raise OSError("the workbook was truncated while it was being copied")
-            left -= len(b)
-            yield b
-    return Copied(lay.rows_u, lay.rows_crc, it)
+    return Copied(lay.rows_u, lay.rows_crc, pkg.f, pieces.rows_at, lay.rows_c)
