@@ -494,7 +494,11 @@ def commit(txid: str, *, defer_on_lock: bool = False, root: RootArg = None, now:
         # concurrent commits check in parallel; the state is looked at again before deciding.
         hint = txn.announce(ws, txid)
         try:
-            row = _gate(ws, tx, now)
+            try:
+                row = _gate(ws, tx, now)
+            except BaseException:
+                sheet.forget_checks()       # an XML check started beside the gate's read is not needed
+                raise
             with session.locked() as w:
                 tx = session.get(w, txid)
                 if tx.state == "begun":

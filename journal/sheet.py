@@ -1089,6 +1089,12 @@ def check_row(view: SheetView, row: dict[str, Any]) -> None:
     _x().encode_rows([build_row(view, row)])
 
 
+def forget_checks() -> None:
+    """Stop an XML check started beside a read for a write that will not happen (:func:`read`'s ``writing``)."""
+    if "journal.xlsx" in sys.modules:
+        _x().forget_scans()
+
+
 def check_writable(ws: Workspace, count: int = 1, *, rows: list[dict[str, Any]] | None = None,
                    view: SheetView | None = None) -> None:
     """Refuse, before the commit decision is recorded, a Master Sheet the writer would refuse.

@@ -415,3 +415,26 @@ def test_a_spliced_append_copies_the_rows_the_same_with_or_without_the_kernel(tm
         books.append(members(path))
     assert books[0] == books[1]
     assert calamine_rows(tmp_path / "mTrue.xlsx")[-1][:2] == ["s1", "r1"]
+
+
+def test_a_gate_that_refuses_after_its_read_stops_the_xml_check_it_started(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read for a write (``prescan``) starts the XML check in a child; when no write follows (the gate
+    refused), ``forget_scans`` stops it, and an append right after a prescan joins it and uses its scan."""
+    from journal.xlsx import edit
+    monkeypatch.setattr(edit, "VALIDATOR_MIN_BYTES", 0)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    path = xlsxwriter_book(tmp_path / "m.xlsx", rows=data_rows(300))
+    xlsx.read_table(path, None, ["strategy", "runid"], prescan=True)
+    ((*_, pending),) = edit._checked_scan
+    assert pending is not None and pending.proc is not None
+    child = pending.proc
+    xlsx.forget_scans()
+    assert child.poll() is not None and edit._checked_scan == []
+    xlsx.read_table(path, None, ["strategy", "runid"], prescan=True)
+    scans = []
+    real = edit.scan_sheet
+    monkeypatch.setattr(edit, "scan_sheet", lambda *a, **k: scans.append(1) or real(*a, **k))
+    assert xlsx.append_rows(path, None, [{1: "x", 2: "y"}]) == [302]
+    assert scans == []                           # the prescan's scan served the append: no second first pass
+    assert [r.number for r in xlsx.read_table(path).rows][-1] == 302

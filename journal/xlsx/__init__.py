@@ -177,6 +177,7 @@ from .constants import (
     SHEET_COMPRESSLEVEL,
     SMALL_COMPRESSLEVEL,
 )
+from .edit import forget_scans
 from .package import Replacement
 from .ranges import Range, RowMap, col_index, col_letters
 from .splice import Layout
@@ -238,6 +239,7 @@ __all__ = [
     "col_letters",
     "create_workbook",
     "encode_rows",
+    "forget_scans",
     "normalize_header",
     "read_table",
     "remove_rows",

@@ -114,6 +114,14 @@ def remember_scan(pkg: Package, part: str, scan: Scan, pending: Validator | None
     _checked_scan[:] = [(_stamp_of(pkg), os.fspath(pkg.path), part, scan, pending)]
 
 
+def forget_scans() -> None:
+    """Forget the scans kept for an append, stopping an XML check still running for one."""
+    for *_, pending in _checked_scan:
+        if pending is not None:
+            pending.cancel()
+    _checked_scan.clear()
+
+
 def _recall_scan(pkg: Package, part: str) -> Scan | None:
     for i, (stamp, path, p, scan, pending) in enumerate(_checked_scan):
         if p == part and path == os.fspath(pkg.path) and stamp == _stamp_of(pkg):
