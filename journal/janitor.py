@@ -767,6 +767,8 @@ def _mark_done(plan: _Plan, skipped: dict[int, str]) -> None:
 def _md(text: object) -> str:
     """Text for a Markdown table cell: pipes and backslashes escaped, control characters shown as escapes."""
     s = str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+    if s.isprintable():                      # nearly always: no character to look at one by one
+        return s
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in s)
 
 
