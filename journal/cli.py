@@ -471,40 +471,38 @@ def sweep_cmd(out: Out, fix: bool, report: str | None, purge_failed: bool, older
         if chunk:
             click.echo("\n".join(chunk))
         _sweep_summary(out, res)
-    if exit_code and res.remaining:
-        _exit_for(errors.FindingsRemain(f"{len(res.remaining)} finding(s) remain"))
+    if exit_code and res.remaining_count:
+        _exit_for(errors.FindingsRemain(f"{res.remaining_count} finding(s) remain"))
 
 
 def _sweep_summary(out: Out, res: Any) -> None:
     """One screen on stderr: what was checked, counts by kind, what was done, where the report is."""
     mode = "dry run, nothing changed" if res.dry_run else (
-        f"fixed in {res.txid}" if res.txid else ("fix, nothing changed" if res.remaining else "fix, nothing to do"))
+        f"fixed in {res.txid}" if res.txid else
+        ("fix, nothing changed" if res.remaining_count else "fix, nothing to do"))
     entries = f"{res.folders} entr{'y' if res.folders == 1 else 'ies'} under backtests/ and runs/"
     out.say(f"Swept {res.root} ({mode}): {res.rows} row(s), {entries}.", bold=True)
     for a in res.recovery:
         if a.action:
             out.say(f"  recovered first: {a.action} {a.txid}".rstrip())
-    counts = res.counts
-    if not any(counts.values()):
+    tally = res.tally
+    if not any(t.found for t in tally.values()):
         out.say("  No findings: the sheet and the disk agree.", fg="green")
-    for kind, n in counts.items():
-        if not n:
+    for kind, t in tally.items():
+        if not t.found:
             continue
-        fs = [f for f in res.findings if f.kind == kind]
         if res.dry_run:
-            acted = sum(1 for f in fs if f.steps)
-            note = f"{acted} planned" if acted else ""
+            note = f"{t.planned} planned" if t.planned else ""
         else:
-            acted = sum(1 for f in fs if f.done)
-            note = f"{acted} fixed" if any(f.steps for f in fs) else ""
-        out.say(f"  {kind:<18} {n:>7}" + (f"   ({note})" if note else ""))
+            note = f"{t.done} fixed" if t.planned else ""
+        out.say(f"  {kind:<18} {t.found:>7}" + (f"   ({note})" if note else ""))
     if res.lost.rows:
         out.say(f"LOST ROWS: {res.lost.message}", fg="red", bold=True)
     person = res.needs_person
     if person:
         out.say(f"Needs a person: {len(person)} finding(s); see the report's 'Needs a person' section.", fg="yellow")
     out.say(f"Report: {res.report}")
-    if res.dry_run and any(f.steps for f in res.findings):
+    if res.dry_run and any(t.planned for t in tally.values()):
         out.say("Run 'sop-sweep --fix' to do what is planned.")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from typing import Any
 
 NOT_JSON = {"json": False}
@@ -39,7 +40,7 @@ def to_json(obj: Any) -> Any:
         return error_doc(obj.exit_code, obj.message, obj.detail)
     if isinstance(obj, dict):
         return {str(k): to_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
+    if isinstance(obj, Sequence) and not isinstance(obj, (str, bytes, bytearray)):    # a list, a sweep's Findings
         return [to_json(v) for v in obj]
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
