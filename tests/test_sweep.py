@@ -417,6 +417,15 @@ def test_orphaned_rows_out_of_sheet_order_are_reported_in_row_order(ws: WS) -> N
     assert [s["row_number"] for s in plan.steps] == [9, 3, 5]
 
 
+@pytest.mark.parametrize("n", range(6))
+def test_long_output_is_echoed_in_chunks_as_one_text(n: int, capsys: pytest.CaptureFixture[str]) -> None:
+    from journal import cli
+    pieces = [f"line {i}" for i in range(n)]
+    for sep in ("\n", ""):
+        cli._echo_chunks(iter(pieces), sep=sep, per_chunk=2)
+        assert capsys.readouterr().out == sep.join(pieces) + "\n"
+
+
 def test_zombie_action_quarantine(ws: WS) -> None:
     (ws.root / ".sop" / "config.toml").write_text('[sweep]\nzombie_action = "quarantine"\n[lock]\nretries = 1\n')
     tx = ws.full_run("Alpha")
