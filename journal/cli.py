@@ -6,7 +6,8 @@ alone: every :class:`~journal.errors.SopError` carries its exit status, and a
 result that still means failure after it is printed (``sop-fsck`` on damage,
 ``sop-recover`` with rows waiting, ``sop-sweep --exit-code`` with findings)
 names its error class too.  With ``--json`` stdout holds exactly one JSON
-document (:func:`journal.render.to_json`): the result, or
+document (:func:`journal.render.to_json`, written a piece at a time by
+:func:`journal.render.json_text`): the result, or
 ``{"error": {"code": N, "message": "…"}}``.  Messages for people go to
 stderr; stdout carries only what a script needs or the report asked for.
 
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn
 
 import click
@@ -61,9 +62,9 @@ class Out:
         click.echo(_safe(json.dumps(doc, indent=2, ensure_ascii=not _utf8(sys.stdout), default=str)))
 
     def result(self, res: Any) -> None:
-        """A result as the one JSON document on stdout."""
-        from .render import to_json
-        self.data(to_json(res))
+        """A result as the one JSON document on stdout, written a few thousand pieces at a time."""
+        from .render import json_text
+        _echo_chunks(json_text(res, ensure_ascii=not _utf8(sys.stdout)), sep="", safe=True)
 
     def error(self, e: errors.SopError) -> None:
         """An error: its JSON document, or its message (and what to do) on stderr."""
@@ -75,6 +76,21 @@ class Out:
                    err=True)
         if e.detail:
             click.echo(_safe(e.detail), err=True)
+
+
+def _echo_chunks(pieces: Iterable[str], sep: str, safe: bool = False, per_chunk: int = 4096) -> None:
+    """Echo ``sep.join(pieces)`` and a newline on stdout, a chunk at a time: a long text is never held whole."""
+    chunk: list[str] = []
+    lead = ""
+    for piece in pieces:
+        chunk.append(piece)
+        if len(chunk) >= per_chunk:
+            text = lead + sep.join(chunk)
+            click.echo(_safe(text) if safe else text, nl=False)
+            chunk.clear()
+            lead = sep
+    text = lead + sep.join(chunk) if chunk else ""
+    click.echo(_safe(text) if safe else text)
 
 
 def _utf8(stream: Any) -> bool:
@@ -462,49 +478,40 @@ def sweep_cmd(out: Out, fix: bool, report: str | None, purge_failed: bool, older
     if out.json:
         out.result(res)
     else:
-        chunk: list[str] = []                  # streamed: a report of a million findings is never held whole
-        for line in janitor.report_lines(res):
-            chunk.append(line)
-            if len(chunk) >= 4096:
-                click.echo("\n".join(chunk))
-                chunk.clear()
-        if chunk:
-            click.echo("\n".join(chunk))
+        _echo_chunks(janitor.report_lines(res), sep="\n")     # a report of a million findings is never held whole
         _sweep_summary(out, res)
-    if exit_code and res.remaining:
-        _exit_for(errors.FindingsRemain(f"{len(res.remaining)} finding(s) remain"))
+    if exit_code and res.remaining_count:
+        _exit_for(errors.FindingsRemain(f"{res.remaining_count} finding(s) remain"))
 
 
 def _sweep_summary(out: Out, res: Any) -> None:
     """One screen on stderr: what was checked, counts by kind, what was done, where the report is."""
     mode = "dry run, nothing changed" if res.dry_run else (
-        f"fixed in {res.txid}" if res.txid else ("fix, nothing changed" if res.remaining else "fix, nothing to do"))
+        f"fixed in {res.txid}" if res.txid else
+        ("fix, nothing changed" if res.remaining_count else "fix, nothing to do"))
     entries = f"{res.folders} entr{'y' if res.folders == 1 else 'ies'} under backtests/ and runs/"
     out.say(f"Swept {res.root} ({mode}): {res.rows} row(s), {entries}.", bold=True)
     for a in res.recovery:
         if a.action:
             out.say(f"  recovered first: {a.action} {a.txid}".rstrip())
-    counts = res.counts
-    if not any(counts.values()):
+    tally = res.tally
+    if not any(t.found for t in tally.values()):
         out.say("  No findings: the sheet and the disk agree.", fg="green")
-    for kind, n in counts.items():
-        if not n:
+    for kind, t in tally.items():
+        if not t.found:
             continue
-        fs = [f for f in res.findings if f.kind == kind]
         if res.dry_run:
-            acted = sum(1 for f in fs if f.steps)
-            note = f"{acted} planned" if acted else ""
+            note = f"{t.planned} planned" if t.planned else ""
         else:
-            acted = sum(1 for f in fs if f.done)
-            note = f"{acted} fixed" if any(f.steps for f in fs) else ""
-        out.say(f"  {kind:<18} {n:>7}" + (f"   ({note})" if note else ""))
+            note = f"{t.done} fixed" if t.planned else ""
+        out.say(f"  {kind:<18} {t.found:>7}" + (f"   ({note})" if note else ""))
     if res.lost.rows:
         out.say(f"LOST ROWS: {res.lost.message}", fg="red", bold=True)
     person = res.needs_person
     if person:
         out.say(f"Needs a person: {len(person)} finding(s); see the report's 'Needs a person' section.", fg="yellow")
     out.say(f"Report: {res.report}")
-    if res.dry_run and any(f.steps for f in res.findings):
+    if res.dry_run and any(t.planned for t in tally.values()):
         out.say("Run 'sop-sweep --fix' to do what is planned.")
 
 

@@ -61,13 +61,14 @@ import os
 import re
 import stat
 import time
+from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, overload
 
 from . import fsops, inputs, ledger, locks, names, sheet, txn, wal
 from .errors import UsageError
@@ -89,7 +90,7 @@ METADATA_PROBE = 512                  # read first, one by one, to tell a warm p
 WARM_SECONDS_PER_FILE = 50e-6         # faster than this, the page cache serves them: no threads
 
 
-@dataclass
+@dataclass(slots=True)
 class Finding:
     """One thing the sweep found, and what it did or would do about it."""
 
@@ -104,6 +105,165 @@ class Finding:
     steps: list[int] = field(default_factory=list, repr=False, metadata=NOT_JSON)   # the plan steps that fix it
 
 
+STALE_HOLD = " (the sheet looks like a stale save; restore or accept it first)"
+
+
+class _Orphans:
+    """The orphaned rows, held compactly: the sheet view's row indexes and which folders are missing.
+
+    They are the one finding that comes by the million (every row, once
+    ``runs/`` is emptied), so each costs five bytes here, not a
+    :class:`Finding` with its texts and steps (~1 KB); :meth:`finding` makes
+    one when asked.  The orphan ``k``'s plan step is step ``k``: row steps
+    come first in a plan (:meth:`_Plan.add_orphan` checks it).
+    """
+
+    def __init__(self, view: sheet.SheetView | None = None, bt_rel: str = "", rn_rel: str = "") -> None:
+        self.numbers: list[int] = view.numbers if view is not None else []
+        self.strategies: list[str] = view.strategies if view is not None else []
+        self.run_ids: list[str] = view.run_ids if view is not None else []
+        self.bt_rel, self.rn_rel = bt_rel, rn_rel
+        self.at = array("I")                # the view's row index of each orphaned row, in the order found
+        self.missing = bytearray()          # per orphaned row: 1 its strategy folder, 2 its run folder, 3 both
+        self.order: list[int] | None = None  # report order, when rows were not in ascending order on the sheet
+        self.held = False                   # a stale save: nothing planned
+        self.skipped: dict[int, str] | None = None   # after --fix: the plan's steps that were not done
+
+    def __len__(self) -> int:
+        return len(self.at)
+
+    def add(self, i: int, missing: int) -> None:
+        self.at.append(i)
+        self.missing.append(missing)
+
+    def sort(self) -> None:
+        """Report order (row, then path), kept apart from the step order the plan uses."""
+        nums, at = self.numbers, self.at
+        if any(nums[at[k]] > nums[at[k + 1]] for k in range(len(at) - 1)):
+            self.order = sorted(range(len(at)), key=lambda k: (nums[at[k]], f"{self.bt_rel}/{self.strategies[at[k]]}"))
+
+    def row_numbers(self) -> Iterator[tuple[int, int]]:
+        """(step index, row number) of each orphaned row."""
+        nums = self.numbers
+        return ((k, nums[i]) for k, i in enumerate(self.at))
+
+    def steps(self) -> list[dict[str, Any]]:
+        """The plan's row steps, one per orphaned row (made when a fix journals them)."""
+        if self.held:
+            return []
+        nums, strats, rids = self.numbers, self.strategies, self.run_ids
+        return [{"op": "remove_row", "row_number": nums[i], "strategy": strats[i], "run_id": rids[i]}
+                for i in self.at]
+
+    def not_done(self) -> int:
+        """How many a fix did not do (all of them before a fix, or when nothing was planned)."""
+        if self.skipped is None or self.held:
+            return len(self.at)
+        return sum(1 for k, why in self.skipped.items() if k < len(self.at) and why != "already gone")
+
+    def finding(self, k: int) -> Finding:
+        """The orphaned row ``k`` (in step order) as a :class:`Finding`."""
+        i = self.at[k]
+        num, strat, rid, m = self.numbers[i], self.strategies[i], self.run_ids[i], self.missing[k]
+        missing = " and ".join(p for p, bit in ((f"{self.bt_rel}/{strat}/", 1), (f"{self.rn_rel}/{rid}/", 2))
+                               if m & bit)
+        f = Finding("orphaned_row", strat, rid, f"{self.bt_rel}/{strat}", f"remove row {num}",
+                    detail=f"{missing} is missing", row=num, steps=[k])
+        if self.held:
+            f.action, f.steps = f"held back: {f.action}{STALE_HOLD}", []
+        elif self.skipped is not None:
+            why = self.skipped.get(k)
+            f.done = why is None or why == "already gone"
+            if not f.done:
+                f.detail += f"; not done: {why}"
+        return f
+
+    def __iter__(self) -> Iterator[Finding]:
+        return map(self.finding, range(len(self.at)) if self.order is None else self.order)
+
+
+@dataclass
+class Tally:
+    """One kind's findings: how many, how many have steps (planned), how many are done."""
+
+    found: int = 0
+    planned: int = 0
+    done: int = 0
+
+
+class Findings(Sequence[Finding]):
+    """A sweep's findings in report order: by kind (as :data:`KINDS`), then row, then path.
+
+    A sequence of :class:`Finding`; orphaned rows (the first kind) are
+    kept compactly (see :class:`_Orphans`) and made one at a time as they
+    are iterated, so a sweep with a million of them holds no million
+    objects.  :meth:`tally` and :meth:`of_kind` answer without making them
+    all.  An orphaned row's Finding is made afresh each time it is taken,
+    so changing one changes nothing here.
+    """
+
+    def __init__(self, others: list[Finding] | None = None, orphans: _Orphans | None = None) -> None:
+        self.others = others if others is not None else []     # every other finding, sorted
+        self.orphans = orphans if orphans is not None else _Orphans()
+
+    def __len__(self) -> int:
+        return len(self.orphans) + len(self.others)
+
+    def __iter__(self) -> Iterator[Finding]:
+        yield from self.orphans
+        yield from self.others
+
+    @overload
+    def __getitem__(self, i: int) -> Finding: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Finding]: ...
+
+    def __getitem__(self, i: int | slice) -> Finding | list[Finding]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self.orphans)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError("finding index out of range")
+        if i >= n:
+            return self.others[i - n]
+        o = self.orphans
+        return o.finding(i if o.order is None else o.order[i])
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Findings, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None          # type: ignore[assignment]   # a sequence that compares by value, like a list
+
+    def __repr__(self) -> str:
+        return f"<Findings: {len(self)}>"
+
+    def of_kind(self, kind: str) -> Iterator[Finding]:
+        if kind == "orphaned_row":
+            yield from self.orphans
+        yield from (f for f in self.others if f.kind == kind)
+
+    def tally(self) -> dict[str, Tally]:
+        """Per kind (every kind in :data:`KINDS`, then any other): found, planned (with steps), done."""
+        t = {k: Tally() for k in KINDS}
+        o = self.orphans
+        if len(o):
+            t["orphaned_row"] = Tally(len(o), 0 if o.held else len(o), len(o) - o.not_done())
+        for f in self.others:
+            c = t.get(f.kind) or t.setdefault(f.kind, Tally())
+            c.found += 1
+            c.planned += bool(f.steps)
+            c.done += f.done
+        return t
+
+    def needing_person(self) -> Iterator[Finding]:
+        """What :func:`wants_person` picks, in order (never an orphaned row)."""
+        return (f for f in self.others if wants_person(f))
+
+
 @dataclass
 class SweepResult:
     """What a sweep found and did; ``remaining`` counts what makes ``--exit-code`` fail."""
@@ -111,7 +271,7 @@ class SweepResult:
     dry_run: bool
     when: str
     root: str
-    findings: list[Finding]
+    findings: Findings
     report: str
     txid: str | None = None
     recovery: list[Any] = field(default_factory=list)          # what recovery did first (recovery.Action)
@@ -120,24 +280,30 @@ class SweepResult:
     folders: int = field(default=0, metadata=NOT_JSON)
 
     @property
+    def tally(self) -> dict[str, Tally]:
+        return self.findings.tally()
+
+    @property
     def counts(self) -> dict[str, int]:
-        c = dict.fromkeys(KINDS, 0)
-        for f in self.findings:
-            c[f.kind] = c.get(f.kind, 0) + 1
-        return c
+        return {k: t.found for k, t in self.tally.items()}
 
     @property
     def remaining(self) -> list[Finding]:
         return [f for f in self.findings if f.kind not in BENIGN and not f.done]
 
     @property
+    def remaining_count(self) -> int:
+        """``len(remaining)``, without making the findings."""
+        return sum(t.found - t.done for k, t in self.tally.items() if k not in BENIGN)
+
+    @property
     def needs_person(self) -> list[Finding]:
         """What the sweep leaves for a person: duplicates, mismatches, unsafe entries, lost rows it held back."""
-        return [f for f in self.findings if wants_person(f)]
+        return list(self.findings.needing_person())
 
     @property
     def json_extra(self) -> dict[str, Any]:
-        return {"counts": self.counts, "remaining": len(self.remaining)}
+        return {"counts": self.counts, "remaining": self.remaining_count}
 
 
 # ---------------------------------------------------------------- scanning
@@ -221,17 +387,33 @@ def _unsafe(name: str, limit: int) -> str | None:
 
 @dataclass
 class _Plan:
-    findings: list[Finding] = field(default_factory=list)
-    steps: list[dict[str, Any]] = field(default_factory=list)
+    """The findings and the steps that fix them: the orphaned rows' row steps first, then ``later`` ones."""
+
+    findings: list[Finding] = field(default_factory=list)     # all but the orphaned rows
+    orphans: _Orphans = field(default_factory=_Orphans)
+    later: list[dict[str, Any]] = field(default_factory=list)
     rows: int = 0
     folders: int = 0
 
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        """Every step, in order (a fix journals them all in its plan record)."""
+        return self.orphans.steps() + self.later
+
     def add(self, f: Finding, *steps: dict[str, Any]) -> Finding:
         for s in steps:
-            f.steps.append(len(self.steps))
-            self.steps.append(s)
+            f.steps.append(len(self.orphans) + len(self.later))
+            self.later.append(s)
         self.findings.append(f)
         return f
+
+    def add_orphan(self, i: int, missing: int) -> None:
+        """The view's row ``i`` is orphaned (``missing``: 1 its strategy folder, 2 its run folder, 3 both)."""
+        assert not self.later, "row steps come first"
+        self.orphans.add(i, missing)
+
+    def result(self) -> Findings:
+        return Findings(self.findings, self.orphans)
 
 
 @dataclass
@@ -306,10 +488,10 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
     """
     ledger_s = {names.key(e.strategy): e for e in (committed or {}).values()}
     ledger_r = dict(committed or {})
-    plan = _Plan(rows=len(view.numbers))
+    bt_rel, rn_rel = ws.rel(ws.backtests), ws.rel(ws.runs)
+    plan = _Plan(orphans=_Orphans(view, bt_rel, rn_rel), rows=len(view.numbers))
     limit = names.name_max(ws.root)
     tick = progress or (lambda phase, done, total: None)
-    bt_rel, rn_rel = ws.rel(ws.backtests), ws.rel(ws.runs)
     sheet_name = ws.sheet.name if ws.sheet.parent == ws.backtests else None
     report_names = {top: report_path.name for top in (ws.backtests, ws.runs)
                     if report_path is not None and report_path.parent == top}
@@ -364,13 +546,14 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
     # ---- rows (the view's parallel lists: no object per row on the common path)
     numbers, strategies, run_ids = view.numbers, view.strategies, view.run_ids
     skeys, rkeys = view.keylists()
-    count_s, count_r = Counter(skeys), Counter(rkeys)
     dups: dict[tuple[int, str], list[int]] = {}                       # (0 strategy | 1 run id, key) -> rows
-    if any(n > 1 for k, n in count_s.items() if k) or any(n > 1 for k, n in count_r.items() if k):
-        for which, keys, count in ((0, skeys, count_s), (1, rkeys, count_r)):
+    if _repeats(skeys) or _repeats(rkeys):
+        for which, keys in ((0, skeys), (1, rkeys)):
+            count = Counter(keys)
             for num, k in zip(numbers, keys, strict=True):
                 if k and count[k] > 1:
                     dups.setdefault((which, k), []).append(num)
+            del count
     bt_dir = os.fspath(ws.backtests)
     indexed: dict[str, dict[str, str]] = {bt_rel: {}, rn_rel: {}}     # top -> key -> the exact name indexed
     indexed_s, indexed_r = indexed[bt_rel], indexed[rn_rel]
@@ -436,15 +619,15 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
             leave_alone(sk, rk)
             continue                                   # reported once for the whole folder, below
         found_s, found_r = bt_folders.get(sk), rn_folders.get(rk)
-        if found_s is not None and len(found_s) == 1 and (bt_rel, sk) not in unsafe:
-            sname: str | None = found_s[0]                # the common case, without a call
+        if (found_s is None or len(found_s) == 1) and (bt_rel, sk) not in unsafe:
+            sname: str | None = found_s[0] if found_s else None    # the common cases, without a call
         else:
             sname, su = folder_of(bt_rel, strat, sk, sheet.SheetRow(num, strat, rid))
             if su is not None:
                 leave_alone(sk, rk)
                 continue
-        if found_r is not None and len(found_r) == 1 and (rn_rel, rk) not in unsafe:
-            rname: str | None = found_r[0]
+        if (found_r is None or len(found_r) == 1) and (rn_rel, rk) not in unsafe:
+            rname: str | None = found_r[0] if found_r else None
         else:
             rname, ru = folder_of(rn_rel, rid, rk, sheet.SheetRow(num, strat, rid))
             if ru is not None:
@@ -453,11 +636,7 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
         if sname is not None:
             checks.append((num, strat, rid, sname, rname is None))
         if sname is None or rname is None:
-            missing = " and ".join(p for p, f in ((f"{bt_rel}/{strat}/", sname), (f"{rn_rel}/{rid}/", rname))
-                                   if f is None)
-            plan.add(Finding("orphaned_row", strat, rid, f"{bt_rel}/{strat}", f"remove row {num}",
-                             detail=f"{missing} is missing", row=num),
-                     {"op": "remove_row", "row_number": num, "strategy": strat, "run_id": rid})
+            plan.add_orphan(i, (sname is None) | (rname is None) << 1)       # the finding and its row step
             for top, folder, k in ((bt_rel, sname, sk), (rn_rel, rname, rk)):
                 if folder is not None:
                     cascade[(top, k)] = num
@@ -561,19 +740,36 @@ def classify(ws: Workspace, view: sheet.SheetView, open_txs: list[wal.TxState], 
             plan.add(Finding(h.kind, tx.strategy, tx.run_id, "", h.action, detail=_held_detail(tx, h.detail)))
 
     # ---- an identity mismatch whose row is orphaned is fixed by the row's and the folder's steps
-    cascaded = {f.row: f.steps for f in plan.findings if f.kind in ("orphaned_row", "zombie_folder") and f.row}
-    for f in plan.findings:
-        if f.kind == "identity_mismatch" and f.row in cascaded and f.action.startswith(CASCADE):
-            f.steps = [i for g in plan.findings if g.row == f.row and g.kind in ("orphaned_row", "zombie_folder")
-                       for i in g.steps]
+    cascading = {f.row for f in plan.findings
+                 if f.kind == "identity_mismatch" and f.row and f.action.startswith(CASCADE)}
+    if cascading:
+        fixes: dict[int, list[int]] = {}
+        for at, num in plan.orphans.row_numbers():
+            if num in cascading:
+                fixes.setdefault(num, []).append(at)
+        for g in plan.findings:
+            if g.kind == "zombie_folder" and g.row in cascading:
+                fixes.setdefault(g.row, []).extend(g.steps)
+        for f in plan.findings:
+            if f.kind == "identity_mismatch" and f.row in fixes and f.action.startswith(CASCADE):
+                f.steps = list(fixes[f.row])
     if stale:                                           # a stale save: the sheet is not the truth now, change nothing
         for f in plan.findings:
             if f.steps:
-                f.action = f"held back: {f.action} (the sheet looks like a stale save; restore or accept it first)"
+                f.action = f"held back: {f.action}{STALE_HOLD}"
                 f.steps = []
-        plan.steps = []
+        plan.orphans.held = True
+        plan.later = []
     plan.findings.sort(key=lambda f: (KINDS.index(f.kind), f.row or 0, f.path))
+    plan.orphans.sort()
     return plan
+
+
+def _repeats(keys: list[str]) -> bool:
+    """Some key other than "" is on two rows: a set, not a Counter (~40 MB less at 1M rows, and faster)."""
+    distinct = set(keys)
+    distinct.discard("")
+    return len(distinct) < len(keys) - keys.count("")
 
 
 def _held_detail(tx: wal.TxState, why: str) -> str:
@@ -695,8 +891,8 @@ def sweep(*, root: RootArg = None, fix: bool = False, report: str | os.PathLike[
     session = Session(ws)
     report_path = Path(report).absolute() if report is not None else ws.report
     ws.check_report_path(report_path)
-    result = SweepResult(dry_run=not fix, when=now.strftime("%Y-%m-%dT%H:%M:%SZ"), root=str(ws.root), findings=[],
-                         report=str(report_path))
+    result = SweepResult(dry_run=not fix, when=now.strftime("%Y-%m-%dT%H:%M:%SZ"), root=str(ws.root),
+                         findings=Findings(), report=str(report_path))
     if not fix:
         ws.check_store(write=False)     # a dry run writes only the report: a warning on a network file system
         j = wal.load(ws)
@@ -730,7 +926,7 @@ def sweep(*, root: RootArg = None, fix: bool = False, report: str | os.PathLike[
                                             what=what, extra={"zombie_action": ws.config.zombie_action})
         if result.txid is not None:
             _mark_done(plan, skipped)
-    result.findings, result.rows, result.folders = plan.findings, plan.rows, plan.folders
+    result.findings, result.rows, result.folders = plan.result(), plan.rows, plan.folders
     write_report(result, report_path)
     return result
 
@@ -748,8 +944,10 @@ def _mark_done(plan: _Plan, skipped: dict[int, str]) -> None:
     A finding without steps inside a folder that the same sweep deleted or moved (a broken
     ``run_metadata.json`` of a zombie, say) is done too: what it reported is gone.
     """
-    gone = [s.get("path") or s.get("src") for i, s in enumerate(plan.steps)
+    first = len(plan.orphans)                          # the index of plan.later[0]: row steps come first
+    gone = [s.get("path") or s.get("src") for i, s in enumerate(plan.later, first)
             if s["op"] in ("delete", "rename") and (i not in skipped or skipped[i] == "already gone")]
+    plan.orphans.skipped = skipped
     for f in plan.findings:
         if not f.steps:
             if f.path and any(g and (f.path == g or f.path.startswith(g + "/")) for g in gone):
@@ -767,6 +965,8 @@ def _mark_done(plan: _Plan, skipped: dict[int, str]) -> None:
 def _md(text: object) -> str:
     """Text for a Markdown table cell: pipes and backslashes escaped, control characters shown as escapes."""
     s = str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+    if s.isprintable():                      # nearly always: no character to look at one by one
+        return s
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in s)
 
 
@@ -782,10 +982,8 @@ def report_lines(r: SweepResult) -> Iterator[str]:
     without holding it whole (nor its lines, nor its bytes) in memory.
     """
     mode = "dry run (nothing was changed)" if r.dry_run else "fix"
-    by_kind: dict[str, list[Finding]] = {k: [] for k in KINDS}
-    for f in r.findings:
-        by_kind.setdefault(f.kind, []).append(f)
-    remaining = sum(1 for f in r.findings if f.kind not in BENIGN and not f.done)
+    tally = r.tally
+    remaining = sum(t.found - t.done for k, t in tally.items() if k not in BENIGN)
     yield from ["# sop integrity report", "",
                 f"- **When:** {r.when} (UTC)",
                 f"- **Mode:** {mode}",
@@ -798,15 +996,14 @@ def report_lines(r: SweepResult) -> Iterator[str]:
                 "", "## Counts", "", "| finding | count | " + ("planned |" if r.dry_run else "done |"),
                 "|---|---:|---:|"]
     for k in KINDS:
-        acted = sum(1 for f in by_kind[k] if (f.steps if r.dry_run else f.done))
-        yield f"| {k} | {len(by_kind[k])} | {acted} |"
+        t = tally[k]
+        yield f"| {k} | {t.found} | {t.planned if r.dry_run else t.done} |"
     yield from ["", "## Needs a person", ""]
     person = False
-    for f in r.findings:
-        if wants_person(f):
-            person = True
-            who = f.path or f.strategy or f.run_id
-            yield f"- **{f.kind}** {_md(who)}{' (row ' + str(f.row) + ')' if f.row else ''}: {_md(f.detail)}"
+    for f in r.findings.needing_person():
+        person = True
+        who = f.path or f.strategy or f.run_id
+        yield f"- **{f.kind}** {_md(who)}{' (row ' + str(f.row) + ')' if f.row else ''}: {_md(f.detail)}"
     if not person:
         yield "Nothing."
     if r.recovery:
@@ -815,12 +1012,11 @@ def report_lines(r: SweepResult) -> Iterator[str]:
             tx = f" {a.txid}" if a.txid else ""
             yield f"- {_md(a.action)}{_md(tx)}: {_md(a.detail)} — {'done' if a.done else 'not done'}"
     for k in KINDS:
-        fs = by_kind[k]
-        if not fs:
+        if not tally[k].found:
             continue
-        yield from ["", f"## {k} ({len(fs)})", "", "| strategy | run id | path | row | action | status | detail |",
-                    "|---|---|---|---:|---|---|---|"]
-        for f in fs:
+        yield from ["", f"## {k} ({tally[k].found})", "",
+                    "| strategy | run id | path | row | action | status | detail |", "|---|---|---|---:|---|---|---|"]
+        for f in r.findings.of_kind(k):
             status = ("planned" if f.steps else "—") if r.dry_run else ("done" if f.done else
                                                                        ("not done" if f.steps else "—"))
             yield (f"| {_md(f.strategy)} | {_md(f.run_id)} | {_md(f.path)} | {f.row or ''} | {_md(f.action)} | "
@@ -849,4 +1045,5 @@ def write_report(r: SweepResult, path: Path) -> None:
     fsops.atomic_write(path, write)
 
 
-__all__ = ["sweep", "classify", "SweepResult", "Finding", "KINDS", "read_identity", "render_report"]
+__all__ = ["sweep", "classify", "SweepResult", "Finding", "Findings", "Tally", "KINDS", "read_identity",
+           "render_report"]

@@ -220,6 +220,28 @@ def test_one_json_rendering_for_results_and_errors(root: Path) -> None:
     json.dumps(render.to_json(journal.status(root=root)))             # JSON-able throughout
 
 
+def test_json_text_is_json_dumps_in_pieces(root: Path) -> None:
+    """--json is written in pieces (render.json_text), a list an item at a time: the very text json.dumps gives."""
+    from journal.janitor import Finding, Findings, SweepResult
+    awkward = ["", "plain", "é 中 😀", "quote\" back\\slash / tab\t nl\n", "\x00\x1f\x7f", "\u2028\u2029",
+               "lone \udce9 surrogate", "</script>"]
+    findings = [Finding("zombie_run", s, s[::-1], f"runs/{s}", "delete", i % 2 == 0, s, i or None)
+                for i, s in enumerate(awkward)]
+    (root / "backtests" / "Orphan").mkdir(parents=True)
+    swept = journal.sweep(root=root)
+    results = [SweepResult(True, "2026-03-05T12:00:00Z", "/w é", Findings(findings), "/r", txid="tx-1",
+                           recovery=[{"nested": [1, 2.5, None, {"k": "v"}]}, "text", []]),
+               SweepResult(False, "w", "r", Findings(), "r"),
+               swept, journal.status(root=root), journal.log(root=root), journal.fsck(root=root),
+               errors.Refused("no \udce9", detail="why"), {"plain": ["dict", 1]}, [], 3.5, Path("/p")]
+    for res in results:
+        for ascii_ in (True, False):
+            want = json.dumps(render.to_json(res), indent=2, ensure_ascii=ascii_, default=str)
+            pieces = list(render.json_text(res, ensure_ascii=ascii_))
+            assert "".join(pieces) == want, res
+    assert len(list(render.json_text(results[0]))) > len(findings)        # the findings, one piece each
+
+
 def test_commit_that_times_out_on_the_lock_after_its_row_was_written_succeeds(
         root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Many commits at once: the one holding the sheet writes every decided row; one that timed out

@@ -25,6 +25,8 @@ import pytest
 from conftest import WS, scrubbed_env
 from crashkit import check_announced, count_mutations, records, recover_twice, run, sheet_rows, snapshot
 
+from journal import render
+
 KEYS = {"kind", "strategy", "run_id", "path", "action", "done"}
 OLD = "20200101T000000Z"
 
@@ -362,6 +364,66 @@ def test_python_api_returns_values_and_never_prints(ws: WS, capsys: pytest.Captu
     assert [(f.kind, f.done) for f in second.findings] == [("zombie_folder", True)]
     assert second.txid and not second.remaining and not (ws.root / "backtests" / "Zed").exists()
     assert capsys.readouterr() == ("", "")
+
+
+def test_many_orphaned_rows_are_held_compactly_and_fixed(ws: WS) -> None:
+    """Every row orphaned (runs/ emptied): the findings are the sheet's row indexes until the report and --json
+    make them, one at a time, with the same words and in the same order as before; --fix removes every row."""
+    from journal import janitor, xlsx
+    n = 1500
+    (ws.root / "runs").mkdir(exist_ok=True)
+    xlsx.append_rows(ws.sheet, None, [{1: f"S{i}", 2: f"R{i}"} for i in range(n)])
+    (ws.root / "backtests" / "S7").mkdir()                 # only its run is missing: then a zombie folder
+    (ws.root / "runs" / "R8").mkdir()                      # only its strategy folder is missing: then a zombie run
+    res = janitor.sweep(root=ws.root)
+    got = res.findings
+    assert len(got.orphans) == n and not any(f.kind == "orphaned_row" for f in got.others)
+    assert [f.kind for f in got.others] == ["zombie_folder", "zombie_run", "identity_mismatch"]
+    assert got[0] == janitor.Finding("orphaned_row", "S0", "R0", "backtests/S0", "remove row 2",
+                                     detail="backtests/S0/ and runs/R0/ is missing", row=2, steps=[0])
+    assert (got[7].detail, got[8].detail) == ("runs/R7/ is missing", "backtests/S8/ is missing")
+    assert list(got) == [got[i] for i in range(len(got))] == got[:] and got[-1] is got.others[-1]
+    assert [f.row for f in got.of_kind("orphaned_row")] == list(range(2, n + 2))
+    assert res.counts["orphaned_row"] == n and res.remaining_count == len(res.remaining) == n + 3
+    assert res.tally["orphaned_row"] == janitor.Tally(n, n, 0)
+    report = (ws.root / "outputs" / "logs" / "integrity_report.md").read_text(encoding="utf-8")
+    assert f"| orphaned_row | {n} | {n} |" in report and f"## orphaned_row ({n})" in report
+    assert "| S7 | R7 | backtests/S7 | 9 | remove row 9 | planned | runs/R7/ is missing |\n" in report
+    doc = ws.json("sweep", "--exit-code", code=1)
+    assert doc["findings"][:n] == [render.to_json(f) for f in got.of_kind("orphaned_row")]
+    assert doc["remaining"] == n + 3 and len(doc["findings"]) == n + 3
+
+    fixed = janitor.sweep(root=ws.root, fix=True)
+    assert fixed.txid and fixed.remaining_count == 0 and all(f.done for f in fixed.findings)
+    assert fixed.tally["orphaned_row"] == janitor.Tally(n, n, n)
+    (plan,) = [r for r in ws.records() if r["type"] == "plan" and r["txid"] == fixed.txid]
+    assert [s["row_number"] for s in plan["data"]["steps"][:n]] == list(range(2, n + 2))
+    assert row_pairs(ws) == [] and ws.json("sweep")["findings"] == []
+    assert not (ws.root / "backtests" / "S7").exists() and not (ws.root / "runs" / "R8").exists()
+
+
+def test_orphaned_rows_out_of_sheet_order_are_reported_in_row_order(ws: WS) -> None:
+    """Row steps stay in sheet order (the plan's order); the findings are sorted by row, each with its own step."""
+    from journal import janitor, sheet, workspace
+    w = workspace.open_workspace(ws.root)
+    (ws.root / "runs").mkdir(exist_ok=True)
+    view = sheet.SheetView(ws.sheet, "Sheet1", 1, {1: "Strategy", 2: "RunID"}, {"strategy": 1, "runid": 2},
+                           lists=([9, 3, 5], ["C", "A", "B"], ["c", "a", "b"]))
+    plan = janitor.classify(w, view, [], now=datetime.now(UTC))
+    got = plan.result()
+    assert [(f.row, f.strategy) for f in got] == [(3, "A"), (5, "B"), (9, "C")] == [(f.row, f.strategy) for f in
+                                                                                  got[:]]
+    assert [plan.steps[f.steps[0]]["row_number"] for f in got] == [3, 5, 9]
+    assert [s["row_number"] for s in plan.steps] == [9, 3, 5]
+
+
+@pytest.mark.parametrize("n", range(6))
+def test_long_output_is_echoed_in_chunks_as_one_text(n: int, capsys: pytest.CaptureFixture[str]) -> None:
+    from journal import cli
+    pieces = [f"line {i}" for i in range(n)]
+    for sep in ("\n", ""):
+        cli._echo_chunks(iter(pieces), sep=sep, per_chunk=2)
+        assert capsys.readouterr().out == sep.join(pieces) + "\n"
 
 
 def test_zombie_action_quarantine(ws: WS) -> None:
