@@ -16,6 +16,7 @@ from fixtures_xlsx import (
     members,
     openpyxl_book,
     openpyxl_values,
+    patch_member,
     xlsxwriter_book,
 )
 
@@ -111,6 +112,32 @@ def test_reading_rows_without_wanted_values_is_linear(tmp_path: Path, monkeypatc
     assert [r.number for r in t.rows] == list(range(2, n + 2))
     assert all(r.values == {} for r in t.rows)
     assert _CountingBytes.scanned <= 4 * total, (_CountingBytes.scanned, total)   # quadratic: ~n/2 x total
+
+
+def test_a_row_without_wanted_values_is_data_when_any_cell_shows_a_value(tmp_path: Path) -> None:
+    """Which rows without Strategy/RunID count as data: an inline string, a number, a shared string that
+    is not empty; not a row whose only cells are styled or an empty shared string."""
+    path = xlsxwriter_book(tmp_path / "m.xlsx", [["a", "r1"]])
+    rows = (b'<row r="3"><c r="C3" t="inlineStr"><is><t>tx</t></is></c></row>'
+            b'<row r="4"><c r="D4"><v>4.5</v></c></row>'
+            b'<row r="5"><c r="E5" s="1"/></row>'
+            b'<row r="6"><c r="C6" t="s"><v>{empty}</v></c></row>'
+            b'<row r="7"><c r="C7" t="s"><v>{full}</v></c></row>')
+
+    def patch(xml: bytes) -> bytes:
+        return xml.replace(b"</sheetData>", rows + b"</sheetData>")
+
+    def sst(xml: bytes) -> bytes:
+        n = xml.count(b"<si>")
+        return xml.replace(b"</sst>", b"<si><t></t></si><si><t>kept</t></si></sst>"), n
+
+    with zipfile.ZipFile(path) as z:
+        new_sst, n = sst(z.read("xl/sharedStrings.xml"))
+    rows = rows.replace(b"{empty}", str(n).encode()).replace(b"{full}", str(n + 1).encode())
+    patch_member(path, "xl/worksheets/sheet1.xml", patch)
+    patch_member(path, "xl/sharedStrings.xml", lambda _x: new_sst)
+    t = xlsx.read_table(path, columns=["strategy", "runid"])
+    assert [r.number for r in t.rows] == [2, 3, 4, 7]
 
 
 @pytest.mark.parametrize("name", ["Run ID", "run_id", "RUNID", "run-id", " RunId "])

@@ -226,8 +226,12 @@ def _holds_value(chunk: bytes, start: int, end: int, sx: Sx, sst: SharedStrings,
     c = chunk.rfind(sx.cell_r, start, m.start())
     if c >= 0:
         cm = sx.cell_re.match(chunk, c, end)
-        if cm is not None and cm.end() > m.start() and sx.cell_value(cm.group(1) or b"", cm.group(2), sst) is not None:
-            return True
+        if cm is not None and cm.end() > m.start():
+            attrs = cm.group(1) or b""
+            if chunk[m.start() + len(sx.prefix) + 1] == 0x74 and b'"inlineStr"' in attrs:
+                return True                 # an inline string's non-empty <t>: its text is the value
+            if sx.cell_value(attrs, cm.group(2), sst) is not None:
+                return True
     return _parse_cells(chunk[start:end], sx, sst, set())[1]
 
 
