@@ -715,6 +715,15 @@ def _grown(secs: list[Section], ascii_: list[bool], numbers: list[int], strategi
     return secs
 
 
+def _column_keys(view: SheetView, c: int) -> list[str]:
+    """Column ``c``'s comparison keys, without keeping them on the view: a first read of a 1M-row sheet
+    sorts one column's keys at a time (the view's ``keylists`` would hold both, ~120 MB)."""
+    pk = view.packed
+    if view._keylists is not None or pk is None:
+        return view.keylists()[c]
+    return pk._texts(pk._keyed(c)[0]) + pk.extra_keys(c)
+
+
 def _orders_for(view: SheetView, more: tuple[list[str], list[str]] = ([], [])) -> list[bytes]:
     """The order sections of ``view``'s rows followed by rows whose keys are ``more`` (per column)."""
     pk = view.packed
@@ -722,8 +731,7 @@ def _orders_for(view: SheetView, more: tuple[list[str], list[str]] = ([], [])) -
         return [pk.merged_order(c, pk.extra_keys(c) + more[c]) for c in (0, 1)]
     grows = bool(more[0] or more[1])
     if grows or view._orders is None:
-        keys = view.keylists()
-        orders = [_sorted_order(keys[c] + more[c]) for c in (0, 1)]
+        orders = [_sorted_order(_column_keys(view, c) + more[c]) for c in (0, 1)]
         if grows:
             return orders
         view._orders = orders                               # a first read saves its index twice (the gate)
