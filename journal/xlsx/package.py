@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from journal.errors import SheetDamaged
 
-from . import deflate
+from . import deflate, validate
 from .constants import (
     CHUNK,
     NS_DOC_RELS,
@@ -229,14 +229,11 @@ class Package:
             raise damaged(self.path, f"part {part} cannot be inflated ({e})") from None
 
     def data_offset(self, info: zipfile.ZipInfo) -> int:
-        """Where a member's compressed bytes start: after its local header, whose name and extra
-        field lengths may differ from the central directory's."""
-        self.f.seek(info.header_offset)
-        lh = self.f.read(30)
-        if len(lh) < 30 or lh[:4] != b"PK\x03\x04":
-            raise damaged(self.path, f"zip member {info.filename} has a bad local header")
-        n, e = struct.unpack("<HH", lh[26:30])
-        return info.header_offset + 30 + n + e
+        """Where a member's compressed bytes start (:func:`.validate.data_offset`)."""
+        try:
+            return validate.data_offset(self.f, info)
+        except validate.Corrupt:
+            raise damaged(self.path, f"zip member {info.filename} has a bad local header") from None
 
     def chunks(self, part: str, size: int = CHUNK) -> Iterator[bytes]:
         """Inflate a part piece by piece; a bad CRC or deflate stream is damage.
@@ -262,43 +259,11 @@ class Package:
             raise damaged(self.path, f"part {part} cannot be inflated ({e})") from None
 
     def _inflated(self, info: zipfile.ZipInfo, size: int) -> Iterator[bytes]:
-        bad = f"part {info.filename} cannot be inflated"
-        at = self.data_offset(info)
-        left, want = info.compress_size, info.file_size
-        d = deflate.decompressobj()
-        crc32 = deflate.crc32
-        crc = total = 0
+        bad: tuple[type[Exception], ...] = (validate.Corrupt, *deflate.error)
         try:
-            while True:
-                self.f.seek(at)
-                raw = self.f.read(min(left, CHUNK >> 2))
-                if not raw and left:
-                    raise damaged(self.path, f"{bad} (truncated)")
-                at += len(raw)
-                left -= len(raw)
-                data = raw
-                while data or (not left and not d.eof):
-                    out = d.decompress(data, min(size, want - total + 1))
-                    data = d.unconsumed_tail
-                    if not out:
-                        if not data:
-                            break
-                        continue
-                    total += len(out)
-                    if total > want:
-                        raise damaged(self.path, f"{bad} (it inflates past its declared size)")
-                    crc = crc32(out, crc)
-                    yield out
-                if not left:
-                    break
-        except deflate.error as e:
-            raise damaged(self.path, f"{bad} ({e})") from None
-        if not d.eof:
-            raise damaged(self.path, f"{bad} (a truncated deflate stream)")
-        if total != want:
-            raise damaged(self.path, f"{bad} (it inflates to {total:,} bytes, not the {want:,} declared)")
-        if crc != info.CRC:
-            raise damaged(self.path, f"{bad} (a bad CRC-32)")
+            yield from validate.inflate_member(self.f, info, deflate.decompressobj, deflate.crc32, size)
+        except bad as e:
+            raise damaged(self.path, f"part {info.filename} cannot be inflated ({e})") from None
 
     def rels(self, part: str) -> list[Rel]:
         name = "_rels/.rels" if part == "" else rels_name(part)

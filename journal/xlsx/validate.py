@@ -16,14 +16,69 @@ import struct
 import sys
 import zipfile
 import zlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any
 from xml.parsers import expat
 
 
+class Corrupt(ValueError):
+    """A member whose bytes do not hold what its directory entry says (the reason is the message)."""
+
+
+def data_offset(f: IO[bytes], info: zipfile.ZipInfo) -> int:
+    """Where a member's compressed bytes start: after its local header, whose name and extra field
+    lengths may differ from the central directory's."""
+    f.seek(info.header_offset)
+    lh = f.read(30)
+    if len(lh) < 30 or lh[:4] != b"PK\x03\x04":
+        raise Corrupt("a bad local header")
+    n, e = struct.unpack("<HH", lh[26:30])
+    return info.header_offset + 30 + n + e
+
+
+def inflate_member(f: IO[bytes], info: zipfile.ZipInfo, decompressobj: Callable[[], Any],
+                   crc32: Callable[[bytes, int], int], size: int = 1 << 22) -> Iterator[bytes]:
+    """A deflated member of the zip open as ``f``, inflated ``size`` bytes at most at a time with a raw
+    decompressor from ``decompressobj`` (zlib's interface: zlib's or ISA-L's), never past its declared
+    size, its size and CRC-32 checked at the end (:class:`Corrupt`).  ``f`` is sought before each read:
+    the file may be read elsewhere between two pieces.  The parent (:meth:`.package.Package.chunks`)
+    and this child share it."""
+    at = data_offset(f, info)
+    left, want = info.compress_size, info.file_size
+    d = decompressobj()
+    crc = total = 0
+    while True:
+        f.seek(at)
+        raw = f.read(min(left, 1 << 20))
+        if not raw and left:
+            raise Corrupt("truncated")
+        at += len(raw)
+        left -= len(raw)
+        data = raw
+        while data or (not left and not d.eof):
+            out = d.decompress(data, min(size, want - total + 1))
+            data = d.unconsumed_tail
+            if not out:
+                if not data:
+                    break
+                continue
+            total += len(out)
+            if total > want:
+                raise Corrupt("it inflates past its declared size")
+            crc = crc32(out, crc)
+            yield out
+        if not left:
+            break
+    if not d.eof:
+        raise Corrupt("a truncated deflate stream")
+    if total != want:
+        raise Corrupt(f"it inflates to {total:,} bytes, not the {want:,} declared")
+    if crc != info.CRC:
+        raise Corrupt("a bad CRC-32")
+
+
 def _inflated(z: zipfile.ZipFile, member: str, engine: Any) -> Iterator[bytes]:
-    """A deflated member inflated with ``engine`` (zlib's interface), its size and CRC-32 checked;
-    another method through zipfile."""
+    """A member inflated: a deflated one with ``engine`` (:func:`inflate_member`), another through zipfile."""
     info = z.getinfo(member)
     if info.compress_type != zipfile.ZIP_DEFLATED:
         with z.open(member) as f:
@@ -32,30 +87,7 @@ def _inflated(z: zipfile.ZipFile, member: str, engine: Any) -> Iterator[bytes]:
         return
     if z.fp is None:
         raise zipfile.BadZipFile("closed")
-    f = z.fp
-    f.seek(info.header_offset)
-    lh = f.read(30)
-    if len(lh) < 30 or lh[:4] != b"PK\x03\x04":
-        raise zipfile.BadZipFile("bad local header")
-    n, e = struct.unpack("<HH", lh[26:30])
-    f.seek(info.header_offset + 30 + n + e)
-    left, total, crc = info.compress_size, 0, 0
-    d = engine.decompressobj(-15)
-    while left:
-        raw = f.read(min(left, 1 << 20))
-        if not raw:
-            raise EOFError("truncated")
-        left -= len(raw)
-        while raw:
-            out = d.decompress(raw, 1 << 22)
-            raw = d.unconsumed_tail
-            total += len(out)
-            if total > info.file_size:
-                raise zipfile.BadZipFile("inflates past its declared size")
-            crc = engine.crc32(out, crc)
-            yield out
-    if not d.eof or total != info.file_size or crc != info.CRC:
-        raise zipfile.BadZipFile("bad size or CRC-32")
+    yield from inflate_member(z.fp, info, lambda: engine.decompressobj(-15), engine.crc32)
 
 
 def check(path: str, member: str, engine: Any = zlib) -> str | None:
@@ -76,7 +108,7 @@ def check(path: str, member: str, engine: Any = zlib) -> str | None:
                 p.Parse(b"", True)
     except expat.ExpatError as e:
         return f"is not well-formed XML ({e})"
-    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, RuntimeError) as e:
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, Corrupt) as e:
         return f"cannot be inflated ({e})"
     if odd:
         return f"holds {odd[0]}, which sop does not edit"
