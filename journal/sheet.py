@@ -583,8 +583,7 @@ def _column(texts: list[str]) -> tuple[bool, list[Section]]:
     ascii_ = blob.isascii()
     out: list[Section] = [[blob], [_offsets(texts, 0, ascii_)]]
     if not ascii_:
-        key = names.key
-        keys = [key(t) if t else "" for t in texts]
+        keys = _keys(texts)
         out += [[("\0" + "".join(k + "\0" for k in keys)).encode()], [_offsets(keys)]]
     return ascii_, out
 
@@ -617,8 +616,7 @@ class _Packer:
                 kp[0].extend(self.blobs[c][:end + 1].lower())
                 kp[1].extend(self.offs[c][:n])
             if kp is not None:
-                key = names.key
-                _append_texts(kp[0], kp[1], [key(t) if t else "" for t in texts])
+                _append_texts(kp[0], kp[1], _keys(texts))
 
     def packed(self) -> _Packed:
         sections: list[bytes | bytearray | array.array[int]] = [self.nums, self.blobs[0], self.offs[0],
@@ -639,8 +637,7 @@ def _append_texts(blob: bytearray, offs: array.array[int], texts: list[str]) -> 
     data = ("\0".join(texts) + "\0").encode()
     blob += data
     ascii_ = data.isascii()
-    lens = map(len, texts) if ascii_ else map(len, map(str.encode, texts))
-    offs.extend(itertools.islice(itertools.accumulate(map((1).__add__, lens), initial=offs[-1]), 1, None))
+    offs.frombytes(_offsets(texts, offs[-1], ascii_)[4:])      # the first is offs[-1] itself
     return ascii_
 
 
@@ -703,10 +700,9 @@ def _grown(secs: list[Section], ascii_: list[bool], numbers: list[int], strategi
     secs[0].append(array.array("I", numbers).tobytes())
     pairs = [(1, strategies), (3, run_ids)]                     # (blob section, its texts)
     at = 5
-    key = names.key
     for c, texts in enumerate(cols):
         if not ascii_[c]:
-            pairs.append((at, [key(t) if t else "" for t in texts]))
+            pairs.append((at, _keys(texts)))
             at += 2
     for i, texts in pairs:
         end = sum(len(x) for x in secs[i]) - 1              # the blob's final \0: the new texts follow it
