@@ -49,6 +49,11 @@ O_BINARY = getattr(os, "O_BINARY", 0)
 # On Windows, a replace that meets a file held for a moment (antivirus, a sync
 # client, Excel's own save) is tried again after these pauses (seconds).
 REPLACE_RETRY = (0.05, 0.1, 0.2, 0.4) if os.name == "nt" else ()
+# On Linux, a file at least this large that a replace drops is released by a helper process after the
+# rename instead of inside it (:func:`_release_later`).
+RELEASE_LATER_BYTES = 8 << 20
+_CATS = ("/bin/cat", "/usr/bin/cat")
+_holders: list[int] = []
 
 
 def _load() -> None:
@@ -122,6 +127,91 @@ def _replace_once(src: Path, dst: Path) -> None:
     os.replace(src, dst)
 
 
+def _reap_holders() -> None:
+    """Reap the helpers of earlier replaces that have left (a long-lived process makes many)."""
+    if sys.platform == "win32":
+        return
+    for pid in list(_holders):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _holders.remove(pid)
+
+
+def _release_later(target: Path) -> int | None:
+    """Keep the file at ``target`` open in a helper process; returns the pipe that lets it go.
+
+    Replacing a file drops its last link, and the kernel frees its blocks inside
+    the ``rename``: 31-43 ms for the 111 MB workbook of a 1M-row sheet on this
+    project's machine (ext4 with online discard), a sixth of a steady commit.
+    A ``cat`` whose standard input is a pipe from this process and which holds
+    the old file at descriptor 3 still references the inode, so the rename only
+    unlinks it; the blocks are freed when ``cat`` reads end-of-file and exits:
+    when the pipe is closed right after the rename and its directory fsync, on
+    the other core while the command finishes.  Nothing on disk changes: the old
+    file is gone from the folder either way, and a crash or kill of either
+    process closes the descriptor and frees it the ordinary way.
+
+    Linux only, for files of at least :data:`RELEASE_LATER_BYTES`, and only when
+    the helper starts; anything else (no ``cat``, a limit on processes) leaves
+    the freeing inside the rename, as before.  ``cat`` gets nothing else of this
+    process: standard output and error go to ``/dev/null``, the inheritable
+    descriptors other than the three standard ones are closed in it.
+    """
+    if sys.platform != "linux":
+        return None
+    _reap_holders()
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | O_BINARY)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size < RELEASE_LATER_BYTES or st.st_nlink != 1:
+            return None
+        r, w = os.pipe()
+        try:
+            inherited = []
+            for name in os.listdir("/proc/self/fd"):
+                n = int(name)
+                if n > 2 and n not in (fd, r, w):
+                    try:
+                        if os.get_inheritable(n):
+                            inherited.append(n)
+                    except OSError:
+                        pass
+            actions: list[tuple[object, ...]] = [(os.POSIX_SPAWN_DUP2, r, 0), (os.POSIX_SPAWN_DUP2, fd, 3),
+                                                 (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                                                 (os.POSIX_SPAWN_DUP2, 1, 2)]
+            actions += [(os.POSIX_SPAWN_CLOSE, n) for n in inherited if n != 3]
+            if fd == 3:                        # dup2 onto itself keeps close-on-exec: let exec keep it
+                os.set_inheritable(fd, True)
+            for cat in _CATS:
+                try:
+                    pid = os.posix_spawn(cat, ["cat"], {}, file_actions=actions)  # type: ignore[arg-type]
+                except OSError:
+                    continue
+                _holders.append(pid)
+                os.close(r)
+                return w
+        except BaseException:
+            os.close(w)
+            os.close(r)
+            raise
+        os.close(w)
+        os.close(r)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _let_go(pipe: int | None) -> None:
+    if pipe is not None:
+        os.close(pipe)
+
+
 def replace(src: Path, dst: Path, pauses: tuple[float, ...] | None = None) -> None:
     """``os.replace``, written through to disk on Windows, tried again briefly while the target is held."""
     for pause in (REPLACE_RETRY if pauses is None else pauses):
@@ -191,15 +281,23 @@ def atomic_write(target: str | os.PathLike[str], content: bytes | Callable[[Bina
         if before_replace is not None:
             before_replace(st)
         point("replace", target)
-        replace(tmp, target)
+        holder = _release_later(target)
+        try:
+            replace(tmp, target)
+        except BaseException:
+            _let_go(holder)
+            raise
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
-    point("fsync_dir", target.parent)
-    fsync_dir(target.parent)
+    try:
+        point("fsync_dir", target.parent)
+        fsync_dir(target.parent)
+    finally:
+        _let_go(holder)
 
 
 def write_hint(path: str | os.PathLike[str], data: bytes = b"") -> None:

@@ -258,3 +258,77 @@ def test_fsync_on_macos_is_a_full_fsync(monkeypatch: pytest.MonkeyPatch, tmp_pat
     with open(tmp_path / "f", "wb") as f:
         fsops.fsync(f.fileno())
     assert calls == [51]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the old file is released by a helper on Linux only")
+def test_a_large_replaced_file_is_released_by_a_helper_after_the_rename(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path) -> None:
+    """During the rename a ``cat`` holds the old file (its descriptor 3, nothing of ours on 1, 2 or
+    any other descriptor), so the rename only unlinks it; the helper leaves once the write is done
+    and the old file is then gone for good; the new file is whole."""
+    from journal import fsops
+
+    monkeypatch.setattr(fsops, "RELEASE_LATER_BYTES", 1 << 16)
+    target = tmp_path / "big.bin"
+    target.write_bytes(b"o" * (1 << 17))
+    old_ino = target.stat().st_ino
+    leaked_r, leaked_w = os.pipe()
+    os.set_inheritable(leaked_w, True)               # as a caller's pipe that we were given would be
+    seen: dict[str, Any] = {}
+    real_replace = fsops.replace
+
+    def replace(src: Path, dst: Path, pauses: tuple[float, ...] | None = None) -> None:
+        (pid,) = fsops._holders[-1:]
+        fds = {int(n): os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")}
+        seen["fds"], seen["pid"] = fds, pid
+        seen["stat3"] = os.stat(f"/proc/{pid}/fd/3")
+        real_replace(src, dst, pauses)
+        seen["after"] = os.stat(f"/proc/{pid}/fd/3")              # unlinked, still held
+    monkeypatch.setattr(fsops, "replace", replace)
+    try:
+        fsops.atomic_write(target, b"n" * (1 << 17))
+    finally:
+        os.close(leaked_w)
+    assert target.read_bytes() == b"n" * (1 << 17)
+    fds = seen["fds"]
+    assert sorted(fds) == [0, 1, 2, 3], fds
+    assert fds[0].startswith("pipe:") and fds[1] == fds[2] == os.devnull
+    assert seen["stat3"].st_ino == old_ino and seen["after"].st_nlink == 0
+    deadline = time.monotonic() + 10
+    while seen["pid"] in fsops._holders and time.monotonic() < deadline:
+        time.sleep(0.01)
+        fsops._reap_holders()
+    assert seen["pid"] not in fsops._holders                 # it left, and was reaped
+    os.close(leaked_r)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the old file is released by a helper on Linux only")
+def test_without_a_helper_the_replace_frees_the_file_itself(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No ``cat`` to be found, a small file, a link with a second name: nothing is started and the
+    write is the same."""
+    from journal import fsops
+
+    monkeypatch.setattr(fsops, "RELEASE_LATER_BYTES", 1 << 16)
+    started: list[object] = []
+    real_spawn = os.posix_spawn
+
+    def spawn(*a: Any, **k: Any) -> int:
+        started.append(a)
+        return real_spawn(*a, **k)
+    monkeypatch.setattr(os, "posix_spawn", spawn)
+    monkeypatch.setattr(fsops, "_CATS", (str(tmp_path / "no-cat"),))
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"o" * (1 << 17))
+    fsops.atomic_write(big, b"n" * (1 << 17))
+    assert big.read_bytes() == b"n" * (1 << 17)
+    monkeypatch.setattr(fsops, "_CATS", ("/bin/cat", "/usr/bin/cat"))
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"o" * 100)
+    fsops.atomic_write(small, b"n")
+    linked = tmp_path / "linked.bin"
+    linked.write_bytes(b"o" * (1 << 17))
+    os.link(linked, tmp_path / "other-name.bin")
+    fsops.atomic_write(linked, b"n")
+    assert started == [(str(tmp_path / "no-cat"), ["cat"], {})]
+    assert small.read_bytes() == linked.read_bytes() == b"n"
+    assert (tmp_path / "other-name.bin").read_bytes() == b"o" * (1 << 17)
