@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import array
 import bisect
+import functools
 import hashlib
 import itertools
 import math
@@ -52,7 +53,7 @@ import sys
 import weakref
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -501,6 +502,14 @@ class _Packed:
             low = self._lowered[c] = self.raw[s:e].lower()
         return low, self.parts[2 + 2 * c].cast("I")
 
+    def key_blob(self, c: int) -> tuple[memoryview, memoryview, bool]:
+        """Column ``c``'s keys as (blob, offsets, whether they are its texts still to be lowered), copied
+        from nothing (an ASCII column's keys are its texts lowered)."""
+        k = self.key_parts[c]
+        if k is not None:
+            return self.parts[k], self.parts[k + 1].cast("I"), False
+        return self.parts[1 + 2 * c], self.parts[2 + 2 * c].cast("I"), True
+
     def _scan(self, c: int, key: str) -> list[int]:
         """``find`` in a file without order sections (an older sop's): search the keys' blob."""
         blob, offs = self._keyed(c)
@@ -569,9 +578,53 @@ def _keys(texts: list[str]) -> list[str]:
     return [key(t) if t else "" for t in texts]
 
 
-def _sorted_order(keys: list[str]) -> bytes:
-    """An order section: the row indexes sorted by key (str order is the UTF-8 bytes' order), ties by index."""
-    return array.array("I", sorted(range(len(keys)), key=keys.__getitem__)).tobytes()
+ORDER_PIECE = 1 << 16      # keys made and tags taken this many at a time when an order section is sorted
+
+
+def _sorted_order(pieces: Callable[[], Iterator[list[bytes]]], n: int) -> bytes:
+    """An order section: the indexes of ``n`` keys, sorted by key, ties by index.
+
+    ``pieces()`` gives the keys as UTF-8 bytes (whose order is str order), a piece of the
+    column at a time.  Keys already in order (a column of names or run ids made in
+    sequence) are found so in one pass, and their order is the rows' own.  Otherwise each
+    key is tagged with its index, big-endian, after a \0 (no key holds one, and it sorts
+    before every other byte, so a key still sorts before the longer keys it begins): one
+    list of bytes sorted without a key function.  At 1M rows that holds ~60 MB, where
+    sorting the indexes by a list of str keys held ~120 MB (the keys, an int per row, and
+    the sort's own key list) on top of the index being written.
+    """
+    last: bytes | None = None
+    count = 0
+    in_order = True
+    for keys in pieces():
+        count += len(keys)
+        if in_order and keys:
+            in_order = (last is None or last <= keys[0]) and all(map(operator.le, keys, keys[1:]))
+            last = keys[-1]
+    if count != n:
+        raise ValueError(f"an order section of {n} rows was given {count} keys")
+    if in_order:
+        return array.array("I", range(n)).tobytes()
+    tags = array.array("I", range(n))
+    if sys.byteorder == "little":
+        tags.byteswap()
+    raw = tags.tobytes()
+    del tags
+    tagged: list[bytes] = []
+    at = 0
+    for keys in pieces():
+        m = len(keys)
+        cut = map(slice, range(4 * at, 4 * (at + m), 4), range(4 * at + 4, 4 * (at + m) + 4, 4))
+        tagged += map(b"\0".join, zip(keys, map(raw.__getitem__, cut), strict=True))
+        at += m
+    tagged.sort()
+    out = array.array("I")
+    last4 = operator.itemgetter(slice(-4, None))
+    for i in range(0, n, ORDER_PIECE):
+        out.frombytes(b"".join(map(last4, tagged[i:i + ORDER_PIECE])))
+    if sys.byteorder == "little":
+        out.byteswap()
+    return out.tobytes()
 
 
 Section = list[bytes | memoryview]     # one section of the cache file, in pieces written one after another
@@ -711,13 +764,22 @@ def _grown(secs: list[Section], ascii_: list[bool], numbers: list[int], strategi
     return secs
 
 
-def _column_keys(view: SheetView, c: int) -> list[str]:
-    """Column ``c``'s comparison keys, without keeping them on the view: a first read of a 1M-row sheet
-    sorts one column's keys at a time (the view's ``keylists`` would hold both, ~120 MB)."""
+def _key_pieces(view: SheetView, c: int, more: list[str]) -> Iterator[list[bytes]]:
+    """Column ``c``'s comparison keys as UTF-8 bytes, then ``more``'s, :data:`ORDER_PIECE` at a time:
+    a first read of a 1M-row sheet never holds a column's keys as one list of str (nor both columns'),
+    only the pieces :func:`_sorted_order` tags."""
     pk = view.packed
     if view._keylists is not None or pk is None:
-        return view.keylists()[c]
-    return pk._texts(pk._keyed(c)[0]) + pk.extra_keys(c)
+        keys = view.keylists()[c] + more
+    else:
+        blob, offs, low = pk.key_blob(c)
+        n = pk.hdr.count
+        for a in range(0, n, ORDER_PIECE):
+            piece = bytes(blob[offs[a] + 1:offs[min(a + ORDER_PIECE, n)]])
+            yield (piece.lower() if low else piece).split(b"\0")
+        keys = pk.extra_keys(c) + more
+    for a in range(0, len(keys), ORDER_PIECE):
+        yield [k.encode() for k in keys[a:a + ORDER_PIECE]]
 
 
 def _orders_for(view: SheetView, more: tuple[list[str], list[str]] = ([], [])) -> list[bytes]:
@@ -727,7 +789,8 @@ def _orders_for(view: SheetView, more: tuple[list[str], list[str]] = ([], [])) -
         return [pk.merged_order(c, pk.extra_keys(c) + more[c]) for c in (0, 1)]
     grows = bool(more[0] or more[1])
     if grows or view._orders is None:
-        orders = [_sorted_order(_column_keys(view, c) + more[c]) for c in (0, 1)]
+        orders = [_sorted_order(functools.partial(_key_pieces, view, c, more[c]), len(view) + len(more[c]))
+                  for c in (0, 1)]
         if grows:
             return orders
         view._orders = orders                               # a first read saves its index twice (the gate)

@@ -411,3 +411,33 @@ def test_which_keys_are_present_counts_the_delta_rows(w: workspace.Workspace, sm
     assert view.packed is not None and view.packed.extra[0]          # the last row lives in the delta
     asked = ["run-1", "run-3", "run-4", "lonely", "run-9"]
     assert view.present(1, asked) == _fresh(w).present(1, asked) == {"run-1", "run-3", "run-4", "lonely"}
+
+
+def test_order_sections_sorted_a_piece_at_a_time_equal_a_plain_sort(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tagged sort (:func:`sheet._sorted_order`) against ``sorted(range(n), key=keys)``: duplicates
+    (ties by index), keys that begin others, empty keys, non-ASCII text, an ASCII column lowered piece
+    by piece, and pieces that split the rows anywhere (a few rows per piece here)."""
+    import random
+
+    rnd = random.Random(7)
+    alphabet = ["a", "B", "b", "z", "Z", "0", "-", "é", "Ω", "ß", "日", "\U0001f600"]
+    for trial in range(40):
+        ascii_only = trial % 2 == 0
+        letters = [c for c in alphabet if c.isascii()] if ascii_only else alphabet
+        pool = ["".join(rnd.choice(letters) for _ in range(rnd.randint(0, 4))) for _ in range(12)]
+        strategies = [rnd.choice(pool) for _ in range(rnd.randint(0, 60))]
+        run_ids = [rnd.choice(pool) for _ in strategies]
+        more = (sheet._keys([rnd.choice(pool) for _ in range(3)]), sheet._keys([rnd.choice(pool) for _ in range(3)]))
+        monkeypatch.setattr(sheet, "ORDER_PIECE", rnd.randint(1, 7))
+        packer = sheet._Packer()
+        packer.add(list(range(2, len(strategies) + 2)), strategies, run_ids)
+        view = sheet.SheetView(Path("x.xlsx"), "Master", 1, {}, {}, packed=packer.packed())
+        listed = sheet.SheetView(Path("x.xlsx"), "Master", 1, {}, {},
+                                 lists=(list(range(2, len(strategies) + 2)), strategies, run_ids))
+        for v in (view, listed):
+            got = sheet._orders_for(v, more)
+            for c, texts in enumerate((strategies, run_ids)):
+                keys = sheet._keys(texts) + more[c]                   # more: keys already
+                want = sorted(range(len(keys)), key=lambda i: (keys[i].encode(), i))
+                assert array.array("I", got[c]).tolist() == want, (trial, c, v is view, keys)
+                assert sorted(range(len(keys)), key=keys.__getitem__) == want    # str order is bytes order
