@@ -19,15 +19,20 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import subprocess
 
 WINDOWS = os.name == "nt"
 
 
 def spawn(cmd: Sequence[str], env: dict[str, str], stdout: int | None) -> subprocess.Popen[bytes]:
     """Start the command; on Windows in its own process group and in a kill-on-close job."""
+    # only sop-run starts a command: not on a commit's path
+    import subprocess
+
     if not WINDOWS:
         return subprocess.Popen(list(cmd), env=env, stdout=stdout)
     proc = subprocess.Popen(list(cmd), env=env, stdout=stdout,

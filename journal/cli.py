@@ -22,7 +22,6 @@ import contextlib
 import functools
 import json
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -329,6 +328,8 @@ def _stderr_fd() -> int:
             return stream.fileno()
         except (AttributeError, OSError, ValueError):       # a stream without a descriptor (embedded, captured)
             continue
+    import subprocess
+
     return subprocess.DEVNULL
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -163,3 +164,26 @@ def test_a_broken_command_module_fails_loudly_and_hides_nothing(monkeypatch: pyt
     assert res.exit_code != 0
     assert isinstance(res.exception, ImportError), res.output
     assert isinstance(cli.COMMANDS[command], click.Command)
+
+
+# What a steady commit must not load: each is tens of milliseconds of a command that should cost a file
+# copy (the workbook engine's XML check child and sop-run's command start subprocess; lxml, openpyxl and
+# psycopg are other paths' engines; socket, asyncio, email and http come only with them).
+NOT_ON_THE_COMMIT_PATH = ("subprocess", "socket", "lxml", "openpyxl", "psycopg", "asyncio", "email", "http")
+
+
+def test_a_steady_commit_imports_nothing_it_does_not_need(ws: Any) -> None:
+    """A commit after sop's own write, as a real process under ``-X importtime`` (every module it loads)."""
+    import subprocess
+
+    from conftest import BIN, scrubbed_env
+
+    ws.full_run("Warm")
+    tx = ws.begin_tx("Steady")
+    ws.write_metadata("Steady", tx["run_id"])
+    p = subprocess.run([sys.executable, "-X", "importtime", str(BIN / "sop-commit"), "-C", str(ws.root), tx["txid"]],
+                       env=scrubbed_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    loaded = {line.split("|")[2].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
+    assert "journal.xlsx.append" in loaded and "journal.porcelain" in loaded      # the listing is whole
+    assert sorted(m for m in loaded if m.split(".")[0] in NOT_ON_THE_COMMIT_PATH) == []

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from journal import fsops
 from journal.errors import SheetDamaged
@@ -15,6 +14,9 @@ from journal.errors import SheetDamaged
 from . import deflate, validate
 from .package import Package, Replacement, SheetInfo, Written, damaged, write_package
 from .scan import Scan, Scanner, Segments, check_odd, iter_sheet, scan_sheet
+
+if TYPE_CHECKING:
+    import subprocess
 
 VALIDATOR_MIN_BYTES = 8 << 20       # below this a worksheet part is checked in process (a child costs ~50 ms)
 
@@ -40,6 +42,9 @@ class Validator:
         if ((os.cpu_count() or 1) < 2 or not sys.executable or getattr(sys, "frozen", False)
                 or pkg.names[part].file_size < VALIDATOR_MIN_BYTES):
             return
+        # a steady append checks no part: subprocess is not on its path
+        import subprocess
+
         try:
             self.proc = subprocess.Popen(child_command(pkg.path, part), stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
