@@ -167,44 +167,42 @@ def _release_later(target: Path) -> int | None:
         fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | O_BINARY)
     except OSError:
         return None
+    r = w = -1
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size < RELEASE_LATER_BYTES or st.st_nlink != 1:
             return None
         r, w = os.pipe()
-        try:
-            inherited = []
-            for name in os.listdir("/proc/self/fd"):
-                n = int(name)
-                if n > 2 and n not in (fd, r, w):
-                    try:
-                        if os.get_inheritable(n):
-                            inherited.append(n)
-                    except OSError:
-                        pass
-            actions: list[tuple[object, ...]] = [(os.POSIX_SPAWN_DUP2, r, 0), (os.POSIX_SPAWN_DUP2, fd, 3),
-                                                 (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-                                                 (os.POSIX_SPAWN_DUP2, 1, 2)]
-            actions += [(os.POSIX_SPAWN_CLOSE, n) for n in inherited if n != 3]
-            if fd == 3:                        # dup2 onto itself keeps close-on-exec: let exec keep it
-                os.set_inheritable(fd, True)
-            for cat in _CATS:
+        inherited = []
+        for name in os.listdir("/proc/self/fd"):
+            n = int(name)
+            if n > 3 and n not in (fd, r, w):
                 try:
-                    pid = os.posix_spawn(cat, ["cat"], {}, file_actions=actions)  # type: ignore[arg-type]
+                    if os.get_inheritable(n):
+                        inherited.append(n)
                 except OSError:
-                    continue
-                _holders.append(pid)
-                os.close(r)
-                return w
-        except BaseException:
-            os.close(w)
-            os.close(r)
-            raise
-        os.close(w)
-        os.close(r)
+                    pass
+        actions: list[tuple[object, ...]] = [(os.POSIX_SPAWN_DUP2, r, 0), (os.POSIX_SPAWN_DUP2, fd, 3),
+                                             (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                                             (os.POSIX_SPAWN_DUP2, 1, 2)]
+        actions += [(os.POSIX_SPAWN_CLOSE, n) for n in inherited]
+        if fd == 3:                            # dup2 onto itself keeps close-on-exec: let exec keep it
+            os.set_inheritable(fd, True)
+        for cat in _CATS:
+            try:
+                pid = os.posix_spawn(cat, ["cat"], {}, file_actions=actions)  # type: ignore[arg-type]
+            except OSError:
+                continue
+            _holders.append(pid)
+            pipe, w = w, -1
+            return pipe
+        return None
+    except OSError:                            # no /proc, no descriptor to spare: the rename frees it
         return None
     finally:
-        os.close(fd)
+        for x in (fd, r, w):
+            if x >= 0:
+                os.close(x)
 
 
 def _let_go(pipe: int | None) -> None:
