@@ -28,6 +28,7 @@ import re
 import shutil
 import stat
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,7 +54,9 @@ REPLACE_RETRY = (0.05, 0.1, 0.2, 0.4) if os.name == "nt" else ()
 # rename instead of inside it (:func:`_release_later`).
 RELEASE_LATER_BYTES = 8 << 20
 _CATS = ("/bin/cat", "/usr/bin/cat")
-_holders: list[int] = []
+_holders: list[tuple[int, int]] = []      # (pid, pidfd or -1) of the helpers not yet reaped
+_holders_lock = threading.Lock()
+_local: dict[str, bool] = {}
 
 
 def _load() -> None:
@@ -128,16 +131,46 @@ def _replace_once(src: Path, dst: Path) -> None:
 
 
 def _reap_holders() -> None:
-    """Reap the helpers of earlier replaces that have left (a long-lived process makes many)."""
-    if sys.platform == "win32":
+    """Reap the helpers of earlier replaces that have left (a long-lived process makes many).
+
+    By pidfd where the kernel has them, so that a pid reaped by someone else
+    and reused is never waited for; two threads never reap the same helper.
+    """
+    if sys.platform != "linux":
         return
-    for pid in list(_holders):
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            done = pid
-        if done:
-            _holders.remove(pid)
+    with _holders_lock:
+        for entry in list(_holders):
+            pid, pidfd = entry
+            try:
+                if pidfd >= 0:
+                    done = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG) is not None
+                else:
+                    done = os.waitpid(pid, os.WNOHANG)[0] != 0
+            except ChildProcessError:                   # reaped by someone else
+                done = True
+            except OSError:
+                continue
+            if done:
+                _holders.remove(entry)
+                if pidfd >= 0:
+                    os.close(pidfd)
+
+
+def _on_local_disk(folder: Path) -> bool:
+    """Whether ``folder`` is known to lie on a local file system (cached per folder).
+
+    A network client must not meet an open target: NFS renames an open file
+    aside (``.nfsXXXX``, two steps where there was one) and an SMB server may
+    refuse to replace it.
+    """
+    key = os.fspath(folder)
+    known = _local.get(key)
+    if known is None:
+        from . import fstype
+
+        m = fstype.find_mount(key)
+        known = _local[key] = m is not None and not m.network
+    return known
 
 
 def _release_later(target: Path) -> int | None:
@@ -154,9 +187,10 @@ def _release_later(target: Path) -> int | None:
     file is gone from the folder either way, and a crash or kill of either
     process closes the descriptor and frees it the ordinary way.
 
-    Linux only, for files of at least :data:`RELEASE_LATER_BYTES`, and only when
-    the helper starts; anything else (no ``cat``, a limit on processes) leaves
-    the freeing inside the rename, as before.  ``cat`` gets nothing else of this
+    Linux only, on a file system known to be local, for files of at least
+    :data:`RELEASE_LATER_BYTES` with one link, and only when the helper starts;
+    anything else (no ``cat``, no ``/proc``, a limit on processes) leaves the
+    freeing inside the rename, as before.  ``cat`` gets nothing else of this
     process: standard output and error go to ``/dev/null``, the inheritable
     descriptors other than the three standard ones are closed in it.
     """
@@ -167,11 +201,17 @@ def _release_later(target: Path) -> int | None:
         fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | O_BINARY)
     except OSError:
         return None
-    r = w = -1
+    r = w = pidfd = -1
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size < RELEASE_LATER_BYTES or st.st_nlink != 1:
+        if (not stat.S_ISREG(st.st_mode) or st.st_size < RELEASE_LATER_BYTES or st.st_nlink != 1
+                or not _on_local_disk(target.parent)):
             return None
+        if fd <= 3:                            # with a standard stream closed: keep it clear of 0-3
+            import fcntl
+
+            low, fd = fd, fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 4)
+            os.close(low)
         r, w = os.pipe()
         inherited = []
         for name in os.listdir("/proc/self/fd"):
@@ -186,14 +226,17 @@ def _release_later(target: Path) -> int | None:
                                              (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
                                              (os.POSIX_SPAWN_DUP2, 1, 2)]
         actions += [(os.POSIX_SPAWN_CLOSE, n) for n in inherited]
-        if fd == 3:                            # dup2 onto itself keeps close-on-exec: let exec keep it
-            os.set_inheritable(fd, True)
         for cat in _CATS:
             try:
                 pid = os.posix_spawn(cat, ["cat"], {}, file_actions=actions)  # type: ignore[arg-type]
             except OSError:
                 continue
-            _holders.append(pid)
+            try:
+                pidfd = os.pidfd_open(pid)
+            except (AttributeError, OSError):      # a kernel before 5.3: reaped by pid
+                pidfd = -1
+            with _holders_lock:
+                _holders.append((pid, pidfd))
             pipe, w = w, -1
             return pipe
         return None
@@ -279,8 +322,9 @@ def atomic_write(target: str | os.PathLike[str], content: bytes | Callable[[Bina
         if before_replace is not None:
             before_replace(st)
         point("replace", target)
-        holder = _release_later(target)
+        holder = None
         try:
+            holder = _release_later(target)
             replace(tmp, target)
         except BaseException:
             _let_go(holder)

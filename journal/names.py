@@ -64,15 +64,32 @@ def header_key(text: object) -> str:
     return s
 
 
+# What no name or run id holds and the sheet index cannot keep (its texts are NUL-separated UTF-8),
+# yet a cell can carry through OOXML's escapes: _x0000_ is a NUL, _xD800_ a lone surrogate.
+UNKEEPABLE_RE = re.compile("[\0\ud800-\udfff]")
+
+
 def cell_text(value: object) -> str:
-    """A sheet cell as the text it stands for: a numeric run id compares as its integer text."""
+    """A sheet cell as the text it stands for: a numeric run id compares as its integer text; a NUL or
+    a lone surrogate in it reads as U+FFFD (no name holds either: see :func:`kept_texts`)."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "TRUE" if value else "FALSE"
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return str(int(value))
-    return str(value).strip()
+    text = str(value).strip()
+    if "\0" in text or (not text.isascii() and UNKEEPABLE_RE.search(text)):
+        return UNKEEPABLE_RE.sub("\ufffd", text)
+    return text
+
+
+def kept_texts(texts: list[str]) -> list[str]:
+    """:func:`cell_text`'s replacement for a batch of texts already stripped: one look at them all."""
+    joined = "".join(texts)
+    if "\0" not in joined and (joined.isascii() or not UNKEEPABLE_RE.search(joined)):
+        return texts
+    return [UNKEEPABLE_RE.sub("\ufffd", t) for t in texts]
 
 
 def name_max(folder: str | os.PathLike[str] | None = None) -> int:

@@ -1087,7 +1087,8 @@ def _read(ws: Workspace, path: Path, all_columns: bool, prescan: bool = False) -
 def _texts(values: list[dict[int, Any]], col: int) -> list[str]:
     """Column ``col`` of each row as :func:`names.cell_text` reads it; text cells (most) take a short cut."""
     text = names.cell_text
-    return [v.strip() if type(v) is str else text(v) for v in map(operator.methodcaller("get", col), values)]
+    return names.kept_texts([v.strip() if type(v) is str else text(v)
+                             for v in map(operator.methodcaller("get", col), values)])
 
 
 def cell_value(v: Any) -> xlsx.Value | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import functools
 import os
 import sys
 import zlib
@@ -441,3 +442,57 @@ def test_order_sections_sorted_a_piece_at_a_time_equal_a_plain_sort(monkeypatch:
                 want = sorted(range(len(keys)), key=lambda i: (keys[i].encode(), i))
                 assert array.array("I", got[c]).tolist() == want, (trial, c, v is view, keys)
                 assert sorted(range(len(keys)), key=keys.__getitem__) == want    # str order is bytes order
+
+
+def test_a_cell_escaping_a_nul_or_a_lone_surrogate_reads_as_a_replacement_character(tmp_path: Path) -> None:
+    """``_x0000_`` and ``_xD800_`` (OOXML escapes another writer may leave) would put a NUL or a lone
+    surrogate in a text the index keeps NUL-separated and in UTF-8: they read as U+FFFD, the sheet
+    reads (packed, listed, ordered) and the other rows are found."""
+    from fixtures_xlsx import openpyxl_book, patch_member
+
+    root = tmp_path / "ws"
+    (root / "backtests").mkdir(parents=True)
+    book = openpyxl_book(root / "backtests" / "Strategy_Master_Filter.xlsx",
+                         [["A_NUL_", "run-1"], ["Beta", "R_SUR_"], ["Gamma", "run-3"]])
+    patch_member(book, "xl/worksheets/sheet1.xml",
+                 lambda x: x.replace(b"A_NUL_", b"A_x0000_z").replace(b"R_SUR_", b"r_xD800_"))
+    from conftest import sop
+
+    sop("init", "-C", str(root))
+    w = workspace.open_workspace(root)
+    for view in (sheet.read(w), sheet.read(w, all_columns=True)):
+        assert [r.strategy for r in view.rows] == ["A\ufffdz", "Beta", "Gamma"]
+        assert [r.run_id for r in view.rows] == ["run-1", "r\ufffd", "run-3"]
+        assert view.strategy_rows("gamma")[0].number == 4 and view.run_rows("RUN-1")[0].number == 2
+        got = sheet._orders_for(view)
+        assert [array.array("I", o).tolist() for o in got] == [[0, 1, 2], [0, 2, 1]]   # "u" < U+FFFD
+
+
+def test_order_sections_of_many_ties_several_batches_and_delta_rows(w: workspace.Workspace,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over 256 equal keys (an index past one byte: a tag in the wrong byte order would sort 256 before
+    1), rows packed in several batches with a column's first non-ASCII text in a later one, and rows
+    in the delta file, against ``sorted(range(n), key=keys)``."""
+    monkeypatch.setattr(sheet, "ORDER_PIECE", 100)
+    strategies = ["same"] * 300 + ["Beta", "alpha", "Ärger", "same"] + ["x"] * 3
+    run_ids = [f"r{i % 7}" for i in range(len(strategies))]
+    packer = sheet._Packer()
+    for a in range(0, len(strategies), 150):
+        packer.add(list(range(a + 2, min(a + 150, len(strategies)) + 2)), strategies[a:a + 150],
+                   run_ids[a:a + 150])
+    view = sheet.SheetView(Path("x.xlsx"), "Master", 1, {}, {}, packed=packer.packed())
+    for v, texts in ((view, (strategies, run_ids)),):
+        got = sheet._orders_for(v)
+        for c in (0, 1):
+            keys = sheet._keys(texts[c])
+            assert array.array("I", got[c]).tolist() == sorted(range(len(keys)), key=keys.__getitem__)
+    # the same through the workspace: a cache file, then rows kept in its delta file
+    sheet.append(w, [{"Strategy": s, "RunID": r} for s, r in zip(strategies, run_ids, strict=True)])
+    more = [{"Strategy": s, "RunID": f"d{i}"} for i, s in enumerate(["same", "ärger", "AAA", "same"])]
+    sheet.append(w, more)
+    loaded = _loaded_again(w)
+    assert loaded.packed is not None and loaded.packed.extra[0]                  # the delta's rows are there
+    for c, texts in enumerate((strategies + [r["Strategy"] for r in more], run_ids + [r["RunID"] for r in more])):
+        keys = sheet._keys(texts)
+        order = sheet._sorted_order(functools.partial(sheet._key_pieces, loaded, c, []), len(keys))
+        assert array.array("I", order).tolist() == sorted(range(len(keys)), key=keys.__getitem__)
