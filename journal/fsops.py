@@ -56,7 +56,6 @@ RELEASE_LATER_BYTES = 8 << 20
 _CATS = ("/bin/cat", "/usr/bin/cat")
 _holders: list[tuple[int, int]] = []      # (pid, pidfd or -1) of the helpers not yet reaped
 _holders_lock = threading.Lock()
-_local: dict[str, bool] = {}
 
 
 def _load() -> None:
@@ -156,23 +155,6 @@ def _reap_holders() -> None:
                     os.close(pidfd)
 
 
-def _on_local_disk(folder: Path) -> bool:
-    """Whether ``folder`` is known to lie on a local file system (cached per folder).
-
-    A network client must not meet an open target: NFS renames an open file
-    aside (``.nfsXXXX``, two steps where there was one) and an SMB server may
-    refuse to replace it.
-    """
-    key = os.fspath(folder)
-    known = _local.get(key)
-    if known is None:
-        from . import fstype
-
-        m = fstype.find_mount(key)
-        known = _local[key] = m is not None and not m.network
-    return known
-
-
 def _release_later(target: Path) -> int | None:
     """Keep the file at ``target`` open in a helper process; returns the pipe that lets it go.
 
@@ -204,9 +186,12 @@ def _release_later(target: Path) -> int | None:
     r = w = pidfd = -1
     try:
         st = os.fstat(fd)
-        if (not stat.S_ISREG(st.st_mode) or st.st_size < RELEASE_LATER_BYTES or st.st_nlink != 1
-                or not _on_local_disk(target.parent)):
+        if not stat.S_ISREG(st.st_mode) or st.st_size < RELEASE_LATER_BYTES or st.st_nlink != 1:
             return None
+        from . import fstype
+
+        if not fstype.known_local(target.parent):   # NFS renames an open target aside (.nfsXXXX) and
+            return None                             # an SMB server may refuse to replace it
         if fd <= 3:                            # with a standard stream closed: keep it clear of 0-3
             import fcntl
 

@@ -223,6 +223,24 @@ def network_mount(path: str | os.PathLike[str]) -> Mount | None:
     return found
 
 
+_local_cache: dict[str, bool] = {}
+
+
+def known_local(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is on a file system known to be local (not network, not FUSE, not unknown).
+
+    Cached per process per path, as :func:`network_mount` is.
+    """
+    key = os.fspath(path)
+    known = _local_cache.get(key)
+    if known is None:
+        m = find_mount(key)
+        known = _local_cache[key] = m is not None and not m.network
+    return known
+
+
 def forget() -> None:
-    """Empty the cache of :func:`network_mount` (after a test mounted or unmounted something)."""
+    """Empty the caches of :func:`network_mount` and :func:`known_local` (after a test mounted or
+    unmounted something)."""
     _cache.clear()
+    _local_cache.clear()

@@ -493,14 +493,13 @@ class _Packed:
 
     def _keyed(self, c: int) -> tuple[bytes, memoryview]:
         """Column ``c``'s keys as (blob, offsets): its own key sections, or an ASCII blob lowered once."""
-        k = self.key_parts[c]
-        if k is not None:
-            return bytes(self.parts[k]), self.parts[k + 1].cast("I")
+        blob, offs, to_lower = self.key_blob(c)
+        if not to_lower:
+            return bytes(blob), offs
         low = self._lowered[c]
         if low is None:
-            s, e = self.spans[1 + 2 * c]
-            low = self._lowered[c] = self.raw[s:e].lower()
-        return low, self.parts[2 + 2 * c].cast("I")
+            low = self._lowered[c] = bytes(blob).lower()
+        return low, offs
 
     def key_blob(self, c: int) -> tuple[memoryview, memoryview, bool]:
         """Column ``c``'s keys as (blob, offsets, whether they are its texts still to be lowered), copied

@@ -350,10 +350,11 @@ def test_without_a_helper_the_replace_frees_the_file_itself(monkeypatch: pytest.
     monkeypatch.setattr(os, "listdir", real_listdir)
     # a network file system: NFS would rename an open target aside (.nfsXXXX)
     from journal import fstype
-    monkeypatch.setattr(fsops, "_local", {})
+    fstype.forget()
     monkeypatch.setattr(fstype, "find_mount", lambda path: fstype.Mount(path, "nfs4", "srv:/x", True))
     big.write_bytes(b"o" * (1 << 17))
     fsops.atomic_write(big, b"k")
+    fstype.forget()
     assert started == [(str(tmp_path / "no-cat"), ["cat"], {})]
     assert small.read_bytes() == linked.read_bytes() == b"n" and big.read_bytes() == b"k"
     assert (tmp_path / "other-name.bin").read_bytes() == b"o" * (1 << 17)
