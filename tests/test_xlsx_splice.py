@@ -403,8 +403,9 @@ def test_a_spliced_append_copies_the_rows_the_same_with_or_without_the_kernel(tm
 
     monkeypatch.setattr(package, "KERNEL_COPY_MIN", 0)           # the small test rows piece goes kernel-side too
     books = []
+    source = xlsxwriter_book(tmp_path / "source.xlsx", data_rows(300))   # one book: XlsxWriter stamps the second
     for kernel in (True, False):
-        path = xlsxwriter_book(tmp_path / f"m{kernel}.xlsx", data_rows(300))
+        path = Path(shutil.copyfile(source, tmp_path / f"m{kernel}.xlsx"))
         rec = Recorder()
         xlsx.append_rows(path, None, [{1: "s0", 2: "r0"}], rec)
         with monkeypatch.context() as m:
