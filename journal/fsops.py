@@ -178,15 +178,18 @@ def _release_later(target: Path) -> int | None:
     """
     if sys.platform != "linux":
         return None
-    _reap_holders()
-    try:
+    def worth_it(st: os.stat_result) -> bool:
+        return stat.S_ISREG(st.st_mode) and st.st_size >= RELEASE_LATER_BYTES and st.st_nlink == 1
+    try:                                       # one stat for the small files most writes replace
+        if not worth_it(os.lstat(target)):
+            return None
         fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | O_BINARY)
     except OSError:
         return None
+    _reap_holders()
     r = w = pidfd = -1
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size < RELEASE_LATER_BYTES or st.st_nlink != 1:
+        if not worth_it(os.fstat(fd)):         # replaced between the two looks
             return None
         from . import fstype
 
