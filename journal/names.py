@@ -79,17 +79,19 @@ def cell_text(value: object) -> str:
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return str(int(value))
     text = str(value).strip()
-    if "\0" in text or (not text.isascii() and UNKEEPABLE_RE.search(text)):
-        return UNKEEPABLE_RE.sub("\ufffd", text)
-    return text
+    return UNKEEPABLE_RE.sub("\ufffd", text) if _unkeepable(text) else text
 
 
 def kept_texts(texts: list[str]) -> list[str]:
     """:func:`cell_text`'s replacement for a batch of texts already stripped: one look at them all."""
-    joined = "".join(texts)
-    if "\0" not in joined and (joined.isascii() or not UNKEEPABLE_RE.search(joined)):
+    if not _unkeepable("".join(texts)):
         return texts
     return [UNKEEPABLE_RE.sub("\ufffd", t) for t in texts]
+
+
+def _unkeepable(text: str) -> bool:
+    """Whether ``text`` holds a NUL or a lone surrogate (an ASCII text is only searched for the NUL)."""
+    return "\0" in text or (not text.isascii() and UNKEEPABLE_RE.search(text) is not None)
 
 
 def name_max(folder: str | os.PathLike[str] | None = None) -> int:
